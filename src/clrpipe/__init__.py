@@ -1,0 +1,1 @@
+"""clrpipe: find good learning rates, then train with them, tracked and reproducible."""

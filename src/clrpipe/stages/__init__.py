@@ -1,0 +1,1 @@
+"""Thin stage entry points: read config, call the pure core, write outputs, log."""
