@@ -1,0 +1,599 @@
+"""LR range test analysis: from per-batch (lr, loss) sweeps over several seeds to CLR bounds.
+
+Pure numpy, no I/O and no Keras, so every rule here is testable on synthetic curves. The Keras
+side that produces the sweeps lives in `clrpipe.range_test_runner`.
+
+Per seed (one sweep, LR rising every batch from `min_lr` to `max_lr`):
+
+1. Smoothing: debiased EMA, ``avg_i = beta*avg_(i-1) + (1-beta)*v_i``,
+   ``ema_i = avg_i / (1 - beta**(i+1))``, of ``v = log(loss)`` (`smoothing: log`, default: a
+   geometric-mean EMA) or of ``v = loss`` (`smoothing: linear`, fastai/Lightning). An
+   arithmetic EMA of a loss that falls by decades (regression) stays pinned near the earliest
+   large values; on a test problem it sat 300x above the raw loss. Use `linear` for losses
+   that can be <= 0.
+2. Divergence (online, causal EMA as above): the sweep stops at the first batch whose loss is
+   NaN/inf or whose EMA exceeds ``divergence_factor`` x the best EMA so far. That batch is not
+   analysed; its LR is the seed's `divergence_lr`.
+3. Analysis curve (`smoothed_loss`): the causal EMA lags ``beta/(1-beta)`` = 49 batches at 0.98
+   -- up to a decade of LR on a short sweep -- so picks made on it land late (fastai and
+   Lightning analyse it). Suggestions use the same EMA run forwards and backwards and averaged
+   (geometric mean in log mode), which has no lag. The first `SKIP_START_FRACTION` is skipped.
+4. Suggestions:
+   - `steepest`: most negative slope of the smoothed (log) loss against log10(lr), not against
+     lr (Lightning#21141), each slope taken across +-`SLOPE_HALF_WIDTH` decades;
+   - `valley`: fastai's rule as its code computes it -- the longest strictly decreasing
+     *subsequence* (not contiguous run; it tolerates small bumps) of the smoothed loss, and the
+     point halfway along it in log10(lr); unlike fastai, the subsequence's true start is used;
+   - `minimum`: LR of the lowest smoothed loss / 10 (fastai);
+   - `ceiling` (the edge): the LR where the loss starts to rise -- the last LR after the
+     minimum before the smoothed (log) loss climbs more than `FLOOR_TOLERANCE` x its total drop
+     above the minimum (a flat floor's argmin is set by noise; its end is not). It is below the
+     divergence point by construction;
+   - `loss_max` = ceiling / `EDGE_DIVISOR`;
+   - `accuracy_base` / `accuracy_max` (Smith, when held-out accuracy is tracked): the LRs where
+     accuracy has made `ACC_RISE_START` (starts rising) and `ACC_RISE_END` (slows, before it
+     peaks or turns ragged) of its total rise, if that rise is at least `MIN_ACC_RISE`.
+5. Bounds rule for the seed:
+   - accuracy tracked and rising (rule "accuracy", Smith's CLR paper sec. 3.3):
+     ``max_lr = min(accuracy_max, ceiling)``, ``base_lr = accuracy_base``;
+   - otherwise (rule "loss"): ``max_lr = loss_max = ceiling / 3``, ``base_lr = max_lr / 4``
+     (Smith: base = max/3-4);
+   - in both, if ``base_lr >= max_lr`` then ``base_lr = max_lr / BASE_DIVISOR``.
+   steepest and valley answer a different question -- a safe *constant* LR, where the loss
+   falls fastest / halfway down -- and sit well below the edge on a quadratic with a known
+   divergence threshold (2/lambda_max): 0.15x and 0.02x of it, against 0.3x for `loss_max`.
+   They are reported and steepest is cross-checked, but they do not set the bounds.
+
+Across seeds: ``base_lr`` and ``max_lr`` are the medians of the per-seed bounds; each bound's
+spread is the max/min ratio and the IQR of log10 values. Flags: `methods_disagree` when the
+median suggestions of `COMPARED_METHODS` (steepest, loss_max, accuracy_max) differ by more than
+`DISAGREEMENT_FACTOR` (10x); `seeds_disagree` when per-seed `max_lr` values differ by more than
+`SEED_SPREAD_FACTOR` (3x) or a seed gave no usable curve; `no_divergence` when a sweep neither
+diverged nor rose off its floor (widen the range). `confident` is true only when none is raised.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from clrpipe.errors import ClrpipeError
+
+MODES = ("linear", "exponential")
+SMOOTHINGS = ("log", "linear")
+LOG_FLOOR = 1e-12
+MIN_STEPS = 10
+SKIP_START_FRACTION = 0.1
+SLOPE_HALF_WIDTH = 0.1
+MIN_POINTS = 5
+BASE_DIVISOR = 4.0
+EDGE_DIVISOR = 3.0
+FLOOR_TOLERANCE = 0.1
+DISAGREEMENT_FACTOR = 10.0
+SEED_SPREAD_FACTOR = 3.0
+ACC_RISE_START = 0.1
+ACC_RISE_END = 0.9
+MIN_ACC_RISE = 0.02
+METHODS = ("steepest", "valley", "minimum", "loss_max", "accuracy_base", "accuracy_max")
+COMPARED_METHODS = ("steepest", "loss_max", "accuracy_max")
+
+
+@dataclass(frozen=True)
+class RangeTestConfig:
+    """Settings of the `range_test:` section; build it with `validate_config`."""
+
+    min_lr: float = 1e-4
+    max_lr: float = 10.0
+    num_steps: int = 400
+    mode: str = "exponential"
+    beta: float = 0.98
+    divergence_factor: float = 4.0
+    seeds: int = 3
+    seed: int = 0
+    val_every: int = 10
+    smoothing: str = "log"
+
+    def seed_list(self) -> list[int]:
+        """The seeds of the sweeps: `seed`, `seed + 1`, ..., `seed + seeds - 1`."""
+        return [self.seed + i for i in range(self.seeds)]
+
+
+def validate_config(section: Mapping[str, Any] | None, key: str = "range_test") -> RangeTestConfig:
+    """Check a `range_test:` mapping and return it as a config; fail naming the bad key.
+
+    Missing keys take the defaults of `RangeTestConfig`; unknown keys are errors (typos would
+    otherwise be silently ignored).
+    """
+    values = dict(section or {})
+    known = tuple(RangeTestConfig.__dataclass_fields__)
+    for name in values:
+        if name not in known:
+            raise ClrpipeError(f"{key}.{name}: unknown key; expected one of {', '.join(known)}")
+    cfg = {**asdict(RangeTestConfig()), **values}
+    for name in ("min_lr", "max_lr", "beta", "divergence_factor"):
+        cfg[name] = _number(cfg[name], f"{key}.{name}")
+    for name in ("num_steps", "seeds", "seed", "val_every"):
+        cfg[name] = _integer(cfg[name], f"{key}.{name}")
+    if not cfg["min_lr"] > 0:
+        raise ClrpipeError(f"{key}.min_lr: expected > 0, got {cfg['min_lr']}")
+    if not cfg["min_lr"] < cfg["max_lr"]:
+        raise ClrpipeError(
+            f"{key}.min_lr: expected < {key}.max_lr ({cfg['max_lr']}), got {cfg['min_lr']}"
+        )
+    if cfg["num_steps"] < MIN_STEPS:
+        raise ClrpipeError(f"{key}.num_steps: expected >= {MIN_STEPS}, got {cfg['num_steps']}")
+    if cfg["smoothing"] not in SMOOTHINGS:
+        choices = ", ".join(repr(m) for m in SMOOTHINGS)
+        raise ClrpipeError(f"{key}.smoothing: expected one of {choices}, got {cfg['smoothing']!r}")
+    if cfg["mode"] not in MODES:
+        choices = ", ".join(repr(m) for m in MODES)
+        raise ClrpipeError(f"{key}.mode: expected one of {choices}, got {cfg['mode']!r}")
+    if not 0 < cfg["beta"] < 1:
+        raise ClrpipeError(f"{key}.beta: expected 0 < beta < 1, got {cfg['beta']}")
+    if not cfg["divergence_factor"] > 1:
+        raise ClrpipeError(f"{key}.divergence_factor: expected > 1, got {cfg['divergence_factor']}")
+    if cfg["seeds"] < 1:
+        raise ClrpipeError(f"{key}.seeds: expected >= 1, got {cfg['seeds']}")
+    if cfg["val_every"] < 0:
+        raise ClrpipeError(f"{key}.val_every: expected >= 0 (0 = off), got {cfg['val_every']}")
+    return RangeTestConfig(**cfg)
+
+
+def _number(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ClrpipeError(f"{key}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _integer(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ClrpipeError(f"{key}: expected an integer, got {value!r}")
+    return value
+
+
+def lr_schedule(cfg: RangeTestConfig) -> np.ndarray:
+    """The LR of each of the `num_steps` batches: linear (Smith) or geometric (fastai)."""
+    t = np.linspace(0.0, 1.0, cfg.num_steps)
+    if cfg.mode == "linear":
+        return cfg.min_lr + (cfg.max_lr - cfg.min_lr) * t
+    return cfg.min_lr * (cfg.max_lr / cfg.min_lr) ** t
+
+
+# Smoothing and divergence -------------------------------------------------------------------
+
+
+def ema_debiased(values: Sequence[float] | np.ndarray, beta: float) -> np.ndarray:
+    """Bias-corrected EMA: `avg_i / (1 - beta**(i+1))`; NaN from the first non-finite value on."""
+    x = np.asarray(values, dtype=float)
+    out = np.full(x.shape, np.nan)
+    avg = 0.0
+    for i, v in enumerate(x):
+        if not math.isfinite(v):
+            break
+        avg = beta * avg + (1.0 - beta) * v
+        out[i] = avg / (1.0 - beta ** (i + 1))
+    return out
+
+
+def smooth_losses(
+    losses: Sequence[float] | np.ndarray, beta: float, smoothing: str = "log"
+) -> np.ndarray:
+    """Debiased EMA of the losses, of their logarithm (geometric mean) when `smoothing='log'`."""
+    x = np.asarray(losses, dtype=float)
+    if smoothing == "linear":
+        return ema_debiased(x, beta)
+    with np.errstate(invalid="ignore"):
+        return np.exp(ema_debiased(np.log(np.maximum(x, LOG_FLOOR)), beta))
+
+
+class DivergenceMonitor:
+    """Online form of `find_divergence` for a training loop: feed losses, stop when it says."""
+
+    def __init__(self, beta: float, factor: float, smoothing: str = "log") -> None:
+        self.beta, self.factor, self.log = beta, factor, smoothing == "log"
+        self._avg, self._n, self.best = 0.0, 0, math.inf
+
+    def update(self, loss: float) -> bool:
+        """Add one batch loss; return True if the sweep has diverged at this batch."""
+        if not math.isfinite(loss):
+            return True
+        value = math.log(max(loss, LOG_FLOOR)) if self.log else loss
+        self._n += 1
+        self._avg = self.beta * self._avg + (1.0 - self.beta) * value
+        smoothed = self._avg / (1.0 - self.beta**self._n)
+        if self.log:
+            smoothed = math.exp(smoothed)
+        self.best = min(self.best, smoothed)
+        return smoothed > self.factor * self.best
+
+
+def find_divergence(
+    losses: Sequence[float] | np.ndarray, beta: float, factor: float, smoothing: str = "log"
+) -> int | None:
+    """Index of the first batch that is non-finite or whose smoothed loss > factor x best so far."""
+    monitor = DivergenceMonitor(beta, factor, smoothing)
+    for i, loss in enumerate(np.asarray(losses, dtype=float)):
+        if monitor.update(float(loss)):
+            return i
+    return None
+
+
+def smooth_two_sided(
+    losses: Sequence[float] | np.ndarray, beta: float, smoothing: str = "log"
+) -> np.ndarray:
+    """Zero-lag smoothing for analysis: the mean of the forward and the backward debiased EMA.
+
+    The causal EMA reports the loss of batches ~beta/(1-beta) behind (49 at 0.98), so picks
+    made on it land late; averaging it with the same EMA run backwards cancels that lag for
+    locally linear curves. Only the finite prefix is smoothed; the rest is NaN.
+    """
+    x = np.asarray(losses, dtype=float)
+    bad = np.flatnonzero(~np.isfinite(x))
+    n = int(bad[0]) if bad.size else x.size
+    out = np.full(x.shape, np.nan)
+    if n:
+        fwd = smooth_losses(x[:n], beta, smoothing)
+        bwd = smooth_losses(x[:n][::-1], beta, smoothing)[::-1]
+        out[:n] = np.sqrt(fwd * bwd) if smoothing == "log" else (fwd + bwd) / 2
+    return out
+
+
+# Suggestions --------------------------------------------------------------------------------
+
+
+def steepest(lrs: np.ndarray, smoothed: np.ndarray) -> float | None:
+    """LR of the most negative slope of the smoothed loss against log10(lr).
+
+    Each slope is taken across +-`SLOPE_HALF_WIDTH` decades rather than between neighbours,
+    so batches packed densely on the log axis (the top of a linear sweep) do not turn small
+    wiggles into huge slopes.
+    """
+    lrs, smoothed = np.asarray(lrs, float), np.asarray(smoothed, float)
+    if lrs.size < 3:
+        return None
+    x = np.log10(lrs)
+    lo = np.searchsorted(x, x - SLOPE_HALF_WIDTH, side="left")
+    hi = np.searchsorted(x, x + SLOPE_HALF_WIDTH, side="right") - 1
+    lo, hi = np.minimum(lo, np.arange(x.size)), np.maximum(hi, np.arange(x.size))
+    width = x[hi] - x[lo]
+    ok = width > 0
+    if not ok.any():
+        return None
+    slope = np.full(x.size, np.inf)
+    slope[ok] = (smoothed[hi[ok]] - smoothed[lo[ok]]) / width[ok]
+    i = int(np.argmin(slope))
+    return float(lrs[i]) if slope[i] < 0 else None
+
+
+def valley_span(smoothed: np.ndarray) -> tuple[int, int]:
+    """(start, end) indices of the longest strictly decreasing subsequence (first one found)."""
+    s = np.asarray(smoothed, float)
+    n = s.size
+    length = np.ones(n, dtype=int)
+    start = np.arange(n)
+    for i in range(1, n):
+        earlier = np.flatnonzero(s[:i] > s[i])
+        if earlier.size:
+            j = earlier[np.argmax(length[earlier])]
+            length[i], start[i] = length[j] + 1, start[j]
+    end = int(np.argmax(length))
+    return int(start[end]), end
+
+
+def valley(lrs: np.ndarray, smoothed: np.ndarray) -> float | None:
+    """fastai's valley: the LR halfway (in log10 lr) along the longest decreasing subsequence.
+
+    Halfway in log10 lr is fastai's halfway-by-batch for an exponential sweep and stays
+    meaningful for a linear one.
+    """
+    lrs = np.asarray(lrs, float)
+    if lrs.size < 2:
+        return None
+    lo, hi = valley_span(smoothed)
+    if hi == lo:
+        return None
+    x = np.log10(lrs[lo : hi + 1])
+    return float(lrs[lo + int(np.argmin(np.abs(x - (x[0] + x[-1]) / 2)))])
+
+
+def edge_index(smoothed: np.ndarray) -> int:
+    """Where the loss starts to rise: the last index after the minimum before the smoothed loss
+    climbs more than `FLOOR_TOLERANCE` x its total drop (highest earlier value - minimum) above
+    the minimum. Robust on a flat floor, where the argmin itself is set by noise."""
+    s = np.asarray(smoothed, float)
+    best = int(np.argmin(s))
+    margin = FLOOR_TOLERANCE * max(float(s[: best + 1].max() - s[best]), 0.0)
+    above = np.flatnonzero(s[best:] > s[best] + margin)
+    return best + int(above[0]) - 1 if above.size else s.size - 1
+
+
+def minimum(lrs: np.ndarray, smoothed: np.ndarray) -> float | None:
+    """fastai's minimum/10: a tenth of the LR with the lowest smoothed loss."""
+    lrs = np.asarray(lrs, float)
+    return float(lrs[int(np.argmin(smoothed))]) / 10.0 if lrs.size else None
+
+
+def accuracy_bounds(lrs: np.ndarray, accuracy: np.ndarray) -> tuple[float, float] | None:
+    """Smith's bounds: LRs where accuracy has made 10% and 90% of its rise; None if it barely rose.
+
+    The curve is first passed through a centred median of 3 (no lag) so one lucky evaluation
+    does not set a bound.
+    """
+    lrs, acc = np.asarray(lrs, float), np.asarray(accuracy, float)
+    ok = np.isfinite(acc)
+    lrs, acc = lrs[ok], acc[ok]
+    if acc.size < 3:
+        return None
+    padded = np.concatenate([acc[:1], acc, acc[-1:]])
+    acc = np.median(np.stack([padded[:-2], padded[1:-1], padded[2:]]), axis=0)
+    peak = int(np.argmax(acc))
+    low = float(np.min(acc[: peak + 1]))
+    rise = float(acc[peak]) - low
+    if rise < MIN_ACC_RISE:
+        return None
+    start = int(np.argmax(acc >= low + ACC_RISE_START * rise))
+    stop = int(np.argmax(acc >= low + ACC_RISE_END * rise))
+    base, top = float(lrs[start]), float(lrs[stop])
+    return (base, top) if base < top else None
+
+
+# Per-seed analysis --------------------------------------------------------------------------
+
+
+@dataclass
+class Curve:
+    """One seed's recorded sweep: a loss per batch, and held-out metrics at some batches."""
+
+    seed: int
+    lrs: np.ndarray
+    losses: np.ndarray
+    val_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    val_loss: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    val_accuracy: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.lrs = np.asarray(self.lrs, dtype=float)
+        self.losses = np.asarray(self.losses, dtype=float)
+        self.val_steps = np.asarray(self.val_steps, dtype=int)
+        self.val_loss = np.asarray(self.val_loss, dtype=float)
+        if self.val_accuracy is not None:
+            self.val_accuracy = np.asarray(self.val_accuracy, dtype=float)
+        if self.lrs.shape != self.losses.shape:
+            raise ValueError("lrs and losses must have the same length")
+
+
+@dataclass
+class Suggestions:
+    """One seed's suggested LRs per method, the derived bounds and where the sweep broke."""
+
+    seed: int
+    steepest: float | None
+    valley: float | None
+    minimum: float | None
+    loss_max: float | None
+    accuracy_base: float | None
+    accuracy_max: float | None
+    ceiling: float | None
+    divergence_lr: float | None
+    base_lr: float | None
+    max_lr: float | None
+    rule: str | None
+
+    @classmethod
+    def empty(cls, seed: int, divergence_lr: float | None) -> Suggestions:
+        """A seed whose curve was too short to analyse."""
+        names = [f for f in cls.__dataclass_fields__ if f not in ("seed", "divergence_lr")]
+        return cls(seed=seed, divergence_lr=divergence_lr, **dict.fromkeys(names))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return asdict(self)
+
+
+@dataclass
+class CurveAnalysis:
+    """A curve with its smoothed loss, lag-corrected LRs, stop index and suggestions."""
+
+    curve: Curve
+    ema: np.ndarray
+    smoothed: np.ndarray
+    stop: int | None
+    suggestions: Suggestions
+
+    @property
+    def diverged(self) -> bool:
+        """True when the sweep stopped on divergence rather than by reaching its last batch."""
+        return self.stop is not None
+
+    @property
+    def no_divergence(self) -> bool:
+        """True when the sweep never diverged and its loss never rose off its floor."""
+        sm = self.smoothed[np.isfinite(self.smoothed)]
+        return self.stop is None and sm.size > 0 and edge_index(sm) == sm.size - 1
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Per-batch table rows; held-out metrics are NaN on batches where they were not taken."""
+        c = self.curve
+        val_loss = np.full(c.lrs.size, np.nan)
+        val_acc = np.full(c.lrs.size, np.nan)
+        val_loss[c.val_steps] = c.val_loss
+        if c.val_accuracy is not None:
+            val_acc[c.val_steps] = c.val_accuracy
+        return [
+            {
+                "seed": c.seed,
+                "step": i,
+                "lr": float(c.lrs[i]),
+                "loss": float(c.losses[i]),
+                "ema_loss": float(self.ema[i]),
+                "smoothed_loss": float(self.smoothed[i]),
+                "val_loss": float(val_loss[i]),
+                "val_accuracy": float(val_acc[i]),
+            }
+            for i in range(c.lrs.size)
+        ]
+
+
+def analyse_curve(curve: Curve, config: RangeTestConfig) -> CurveAnalysis:
+    """Find divergence (causal EMA), smooth without lag, apply every suggestion rule to one seed."""
+    ema = smooth_losses(curve.losses, config.beta, config.smoothing)
+    stop = find_divergence(curve.losses, config.beta, config.divergence_factor, config.smoothing)
+    end = curve.lrs.size if stop is None else stop
+    smoothed = np.full(curve.lrs.size, np.nan)
+    smoothed[:end] = smooth_two_sided(curve.losses[:end], config.beta, config.smoothing)
+    skip = int(SKIP_START_FRACTION * end)
+    lrs, sm = curve.lrs[skip:end], smoothed[skip:end]
+    divergence_lr = float(curve.lrs[stop]) if stop is not None else None
+    if lrs.size < MIN_POINTS or not np.isfinite(sm).all():
+        return CurveAnalysis(
+            curve, ema, smoothed, stop, Suggestions.empty(curve.seed, divergence_lr)
+        )
+    ceiling = float(lrs[edge_index(np.log(sm) if config.smoothing == "log" else sm)])
+    acc = None
+    if curve.val_accuracy is not None and curve.val_steps.size:
+        keep = curve.val_steps < end
+        acc = accuracy_bounds(curve.lrs[curve.val_steps[keep]], curve.val_accuracy[keep])
+    loss_max = ceiling / EDGE_DIVISOR
+    if acc is not None:
+        max_lr, base_lr, rule = min(acc[1], ceiling), acc[0], "accuracy"
+    else:
+        max_lr, base_lr, rule = loss_max, loss_max / BASE_DIVISOR, "loss"
+    if not base_lr < max_lr:
+        base_lr = max_lr / BASE_DIVISOR
+    sugg = Suggestions(
+        seed=curve.seed,
+        steepest=steepest(lrs, np.log(sm) if config.smoothing == "log" else sm),
+        valley=valley(lrs, sm),
+        minimum=minimum(lrs, sm),
+        loss_max=loss_max,
+        accuracy_base=acc[0] if acc else None,
+        accuracy_max=acc[1] if acc else None,
+        ceiling=ceiling,
+        divergence_lr=divergence_lr,
+        base_lr=base_lr,
+        max_lr=max_lr,
+        rule=rule,
+    )
+    return CurveAnalysis(curve, ema, smoothed, stop, sugg)
+
+
+def _geomean(values: Sequence[float]) -> float:
+    return float(10.0 ** np.mean(np.log10(values)))
+
+
+# Across seeds -------------------------------------------------------------------------------
+
+
+@dataclass
+class Spread:
+    """How much one bound varies over seeds."""
+
+    values: list[float]
+    median: float
+    ratio: float
+    log10_iqr: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        """Median, max/min ratio and log10 interquartile range of positive values."""
+        v = np.asarray(values, float)
+        q75, q25 = np.percentile(np.log10(v), [75, 25])
+        return cls(
+            [float(x) for x in v], float(np.median(v)), float(v.max() / v.min()), float(q75 - q25)
+        )
+
+
+@dataclass
+class RangeTestResult:
+    """Bounds chosen over all seeds, how sure they are, and every seed's analysis."""
+
+    config: RangeTestConfig
+    analyses: list[CurveAnalysis]
+    base_lr: float
+    max_lr: float
+    rule: str
+    base_spread: Spread
+    max_spread: Spread
+    method_medians: dict[str, float | None]
+    method_ratio: float
+    methods_disagree: bool
+    seeds_disagree: bool
+    no_divergence: bool
+
+    @property
+    def confident(self) -> bool:
+        """True when methods and seeds agree and every sweep reached its divergence edge."""
+        return not (self.methods_disagree or self.seeds_disagree or self.no_divergence)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON summary for `metrics/range_test.json`."""
+        div = [a.suggestions.divergence_lr for a in self.analyses]
+        return {
+            "base_lr": self.base_lr,
+            "max_lr": self.max_lr,
+            "rule": self.rule,
+            "confident": self.confident,
+            "methods_disagree": self.methods_disagree,
+            "seeds_disagree": self.seeds_disagree,
+            "no_divergence": self.no_divergence,
+            "method_ratio": self.method_ratio,
+            "disagreement_factor": DISAGREEMENT_FACTOR,
+            "seed_spread_factor": SEED_SPREAD_FACTOR,
+            "spread": {"base_lr": asdict(self.base_spread), "max_lr": asdict(self.max_spread)},
+            "suggestions": dict(self.method_medians),
+            "divergence_lr": _median_or_none(div),
+            "per_seed": [a.suggestions.to_dict() for a in self.analyses],
+            "config": asdict(self.config),
+        }
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Per-batch table over all seeds: seed, step, lr, loss, smoothed_loss, ... val_*."""
+        return [row for a in self.analyses for row in a.rows()]
+
+
+def _median_or_none(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.median(present)) if present else None
+
+
+def aggregate(analyses: Sequence[CurveAnalysis], config: RangeTestConfig) -> RangeTestResult:
+    """Combine per-seed analyses into median bounds, spreads and disagreement flags."""
+    usable = [a for a in analyses if a.suggestions.max_lr is not None]
+    if not usable:
+        raise ClrpipeError(
+            f"range_test.min_lr: no seed gave a usable curve (diverged within {MIN_POINTS} "
+            f"batches of {config.min_lr} or too few batches); lower min_lr or raise num_steps"
+        )
+    bases = [a.suggestions.base_lr for a in usable]
+    maxes = [a.suggestions.max_lr for a in usable]
+    base_spread, max_spread = Spread.of(bases), Spread.of(maxes)
+    base_lr, max_lr = base_spread.median, max_spread.median
+    if not base_lr < max_lr:
+        base_lr = max_lr / BASE_DIVISOR
+    medians = {m: _median_or_none([getattr(a.suggestions, m) for a in usable]) for m in METHODS}
+    compared = [medians[m] for m in COMPARED_METHODS if medians[m] is not None]
+    ratio = max(compared) / min(compared) if compared else 1.0
+    rules = {a.suggestions.rule for a in usable}
+    return RangeTestResult(
+        config=config,
+        analyses=list(analyses),
+        base_lr=base_lr,
+        max_lr=max_lr,
+        rule=rules.pop() if len(rules) == 1 else "mixed",
+        base_spread=base_spread,
+        max_spread=max_spread,
+        method_medians=medians,
+        method_ratio=float(ratio),
+        methods_disagree=ratio > DISAGREEMENT_FACTOR,
+        seeds_disagree=max_spread.ratio > SEED_SPREAD_FACTOR or len(usable) < len(analyses),
+        no_divergence=any(a.no_divergence for a in analyses),
+    )
+
+
+def analyse(curves: Sequence[Curve], config: RangeTestConfig) -> RangeTestResult:
+    """Analyse every seed's curve with the config's smoothing and divergence settings."""
+    return aggregate([analyse_curve(c, config) for c in curves], config)
