@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,4 +35,31 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copytree(REPO / "conf", tmp_path / "conf")
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def real_split(tmp_path_factory, cardio_csv) -> Path:
+    """A project folder after real `clrpipe prepare` and `clrpipe split` processes."""
+    root = tmp_path_factory.mktemp("real")
+    shutil.copytree(REPO / "conf", root / "conf")
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    exe = Path(sys.executable).with_name("clrpipe")
+    for stage in ("prepare", "split"):
+        done = subprocess.run(
+            [str(exe), stage, f"data.raw={cardio_csv}"], cwd=root, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+    return root
+
+
+@pytest.fixture
+def trained_project(real_split: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A scratch project whose split outputs are the real ones, with its own MLflow store."""
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(real_split / "data" / "split", tmp_path / "data" / "split")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
     return tmp_path

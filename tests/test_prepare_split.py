@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -228,25 +226,6 @@ def test_bad_limits_in_config_are_refused_naming_the_key(project, sample_lines):
         "got [250.0, 60.0]"
     )
     assert not any(Path(o).exists() for o in OUTPUTS)
-
-
-@pytest.fixture(scope="module")
-def real_split(tmp_path_factory, cardio_csv) -> Path:
-    """`clrpipe prepare` and `clrpipe split` on the real table, as real processes."""
-    import shutil
-
-    from tests.conftest import REPO
-
-    root = tmp_path_factory.mktemp("real")
-    shutil.copytree(REPO / "conf", root / "conf")
-    shutil.copy(REPO / "params.yaml", root / "params.yaml")
-    exe = Path(sys.executable).with_name("clrpipe")
-    for stage in ("prepare", "split"):
-        done = subprocess.run(
-            [str(exe), stage, f"data.raw={cardio_csv}"], cwd=root, capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stderr
-    return root
 
 
 def test_real_prepare_writes_the_report(real_split):

@@ -44,6 +44,16 @@ def split(overrides: tuple[str, ...]) -> None:
     _run(stage.run, overrides)
 
 
+@main.command()
+@click.argument("variant", type=click.Choice(["baseline", "clr"]))
+@OVERRIDES
+def train(variant: str, overrides: tuple[str, ...]) -> None:
+    """Train the network: `baseline` (constant LR) or `clr` (the `schedule:` section)."""
+    from clrpipe.stages import train as stage
+
+    _run(lambda cfg: stage.run(cfg, variant), overrides)
+
+
 def _run(stage_run, overrides: tuple[str, ...]) -> None:
     try:
         stage_run(config.load(overrides))

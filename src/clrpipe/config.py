@@ -59,6 +59,14 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def section_node(cfg: DictConfig, name: str) -> DictConfig:
+    """The raw section `name`, for sections validated by their own module (e.g. `schedule`)."""
+    node = OmegaConf.select(cfg, name, default=None)
+    if not isinstance(node, DictConfig):
+        raise ClrpipeError(f"{PARAMS_FILE}: missing section '{name}'")
+    return node
+
+
 SectionT = TypeVar("SectionT", bound=Section)
 
 

@@ -1,0 +1,184 @@
+"""`train` stage: the article's network with a constant LR (`baseline`) or CLR (`clr`).
+
+Both variants are one code path: a schedule (constant or cyclical) on SGD, the fast `fit`, a test
+evaluation, then the outputs: `models/train_<variant>.keras`, `metrics/train_<variant>.json`,
+`plots/train_<variant>/{history,lr}.csv` for DVC, and the same plus the model and PNG curves in
+the stage's MLflow run. Nothing is written unless the whole stage succeeds.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+from pydantic import Field
+from sklearn.model_selection import train_test_split
+
+from clrpipe import config, data, plots, schedules, tracking, training
+from clrpipe.errors import ClrpipeError
+from clrpipe.model import ModelParams, build_model
+from clrpipe.outputs import atomic_outputs
+from clrpipe.stages.split import SplitParams
+
+VARIANTS = ("baseline", "clr")
+RANGE_TEST_METRICS = Path("metrics/range_test.json")
+
+
+class RunParams(config.Section):
+    """`train.baseline:` / `train.clr:` epochs, batch size (and the baseline's constant LR)."""
+
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    learning_rate: float | None = Field(default=None, gt=0)
+
+
+class TrainParams(config.Section):
+    """`train:` settings shared by both training stages."""
+
+    seed: int
+    momentum: float = Field(ge=0, lt=1)
+    validation_fraction: float = Field(gt=0, lt=1)
+    steps_per_execution: int = Field(gt=0)
+    jit_compile: bool
+    baseline: RunParams
+    clr: RunParams
+
+
+def load_split(split_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    parts = []
+    for name in ("train", "test"):
+        path = split_dir / f"{name}.parquet"
+        if not path.is_file():
+            raise ClrpipeError(f"{path}: not found; run `clrpipe split` first")
+        parts.append(pd.read_parquet(path))
+    return parts[0], parts[1]
+
+
+def arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    features = list(data.FEATURES)
+    return frame[features].to_numpy("float32"), frame[data.TARGET].to_numpy("float32")
+
+
+def range_test_bounds() -> tuple[float, float] | None:
+    """(base_lr, max_lr) from the range-test stage, when it has run."""
+    if not RANGE_TEST_METRICS.is_file():
+        return None
+    found = json.loads(RANGE_TEST_METRICS.read_text())
+    return float(found["base_lr"]), float(found["max_lr"])
+
+
+def make_schedule(cfg: DictConfig, variant: str, run: RunParams, train_rows: int):
+    """The variant's schedule: the baseline's constant LR, or the `schedule:` section for CLR."""
+    if variant == "baseline":
+        section = {"policy": "constant", "learning_rate": run.learning_rate or 0.01}
+    else:
+        section = OmegaConf.to_container(config.section_node(cfg, "schedule"), resolve=True)
+    return section, schedules.build_schedule(
+        section, train_rows, run.batch_size, bounds=range_test_bounds(), epochs=run.epochs
+    )
+
+
+def run(cfg: DictConfig, variant: str) -> dict:
+    """Train one variant and write its model, metrics and curves."""
+    if variant not in VARIANTS:
+        raise ClrpipeError(f"train: unknown variant '{variant}'; expected one of {VARIANTS}")
+    stage = f"train_{variant}"
+    params = config.section(cfg, "train", TrainParams)
+    run_params: RunParams = getattr(params, variant)
+    model_params = config.section(cfg, "model", ModelParams)
+    split_dir = config.section(cfg, "split", SplitParams).dir
+    train_frame, test_frame = load_split(split_dir)
+    fit_frame, val_frame = train_test_split(
+        train_frame,
+        test_size=params.validation_fraction,
+        random_state=params.seed,
+        stratify=train_frame[data.TARGET],
+    )
+    (x, y), (x_val, y_val), (x_test, y_test) = map(arrays, (fit_frame, val_frame, test_frame))
+    schedule_section, schedule = make_schedule(cfg, variant, run_params, len(fit_frame))
+    if schedule_section.get("backend") == "tfa":
+        raise ClrpipeError("schedule.backend: tfa runs in legacy/.venv; see README (legacy path)")
+
+    with tracking.stage_run(cfg, stage) as tracked:
+        model = build_model(model_params, x.shape[1], params.seed)
+        optimizer = schedules.build_sgd(schedule, schedule_section)
+        if params.momentum and type(optimizer) is keras.optimizers.SGD:
+            optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=params.momentum)
+        training.compile_model(model, optimizer, params.steps_per_execution, params.jit_compile)
+
+        def on_epoch(epoch, logs, seconds):
+            tracked.log_metrics({**logs, "epoch_seconds": seconds}, step=epoch)
+
+        started = time.perf_counter()
+        history = training.fit(
+            model, x, y, epochs=run_params.epochs, batch_size=run_params.batch_size,
+            validation=(x_val, y_val), on_epoch=on_epoch,
+        )
+        seconds = time.perf_counter() - started
+        test = training.evaluate(model, x_test, y_test)
+        metrics = {
+            "test_accuracy": test["accuracy"],
+            "test_loss": test["loss"],
+            "train_accuracy": history.epochs["accuracy"][-1],
+            "final_val_accuracy": history.epochs["val_accuracy"][-1],
+            "epochs": run_params.epochs,
+            "train_seconds": seconds,
+            "epoch_seconds_median": float(np.median(history.epoch_seconds)),
+        }
+        tracked.log_metrics(metrics)
+        tracked.log_series("learning_rate", history.lr_steps, history.lr_values)
+        outputs = {
+            "model": Path("models") / f"{stage}.keras",
+            "metrics": Path("metrics") / f"{stage}.json",
+            "history": Path("plots") / stage / "history.csv",
+            "lr": Path("plots") / stage / "lr.csv",
+        }
+        with atomic_outputs(*outputs.values()) as temps:
+            tmp = dict(zip(outputs, temps, strict=True))
+            model_file = tmp["model"].with_suffix(".keras")
+            model.save(model_file)
+            model_file.replace(tmp["model"])
+            tmp["metrics"].write_text(json.dumps(metrics, indent=2) + "\n")
+            history_frame = pd.DataFrame(history.epochs).assign(
+                epoch=range(1, run_params.epochs + 1), seconds=history.epoch_seconds
+            )
+            history_frame.to_csv(tmp["history"], index=False)
+            pd.DataFrame({"step": history.lr_steps, "lr": history.lr_values}).to_csv(
+                tmp["lr"], index=False
+            )
+            _log_model_and_plots(tracked, model, x, train_frame, test_frame, history, stage)
+    click.echo(
+        f"{stage}: test accuracy {metrics['test_accuracy']:.4f} after {run_params.epochs} "
+        f"epochs in {seconds:.1f} s -> {outputs['model']}, {outputs['metrics']}"
+    )
+    return metrics
+
+
+def _log_model_and_plots(tracked, model, x, train_frame, test_frame, history, stage) -> None:
+    """The model (signature + input example), datasets and PNG curves, into the stage's run."""
+    if not tracked.active:
+        return
+    from mlflow.models import infer_signature
+
+    example = x[:5]
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    mlflow.keras.log_model(model, name="model", signature=signature)
+    tracked.log_dict(
+        {"columns": list(data.FEATURES), "data": example.tolist()}, "model/input_example.json"
+    )
+    for frame, context in ((train_frame, "training"), (test_frame, "testing")):
+        dataset = mlflow.data.from_pandas(frame, targets=data.TARGET, name=f"cardio_{context}")
+        mlflow.log_input(dataset, context=context)
+    with tempfile.TemporaryDirectory() as folder:
+        for name, figure in plots.training_figures(history, stage).items():
+            path = Path(folder) / f"{name}.png"
+            figure.savefig(path, dpi=110, bbox_inches="tight")
+            tracked.log_artifact(path, "plots")

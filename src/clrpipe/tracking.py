@@ -1,0 +1,197 @@
+"""MLflow tracking: one parent run per pipeline execution, one child run per stage.
+
+A DVC pipeline runs each stage in its own process, so the parent is found, not passed: its key
+is the git commit, the DVC experiment name ($DVC_EXP_NAME) and the params.yaml content, the same
+for every stage of one execution. Under `mlflow run` the run MLflow started ($MLFLOW_RUN_ID) is
+the parent. Runs are driven through `MlflowClient` with explicit ids, so nothing depends on the
+fluent API's notion of an active run (`mlflow run` + `set_experiment` = mlflow#2735).
+
+A stage that raises ends its run FAILED (KILLED on Ctrl-C) with the error as a tag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from omegaconf import DictConfig, OmegaConf
+
+from clrpipe.config import PARAMS_FILE, Section
+
+PIPELINE_TAG = "clrpipe.pipeline"
+STAGE_TAG = "clrpipe.stage"
+ERROR_TAG = "clrpipe.error"
+
+
+class TrackingParams(Section):
+    """`tracking:` where runs go."""
+
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "clrpipe"
+    enabled: bool = True
+
+
+def project_root() -> Path:
+    """$DVC_ROOT when DVC runs the stage, else the working directory."""
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+def resolve_uri(uri: str) -> str:
+    """Make a relative `sqlite:///file.db` absolute against the project root."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(project_root() / uri[len(prefix):])
+    return uri
+
+
+def git_commit() -> str:
+    done = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=project_root()
+    )
+    return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+
+def flatten(mapping: Mapping, prefix: str = "") -> dict[str, str]:
+    """`{"a": {"b": 1}}` -> `{"a.b": "1"}`, lists kept as their text."""
+    flat: dict[str, str] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+class StageRun:
+    """Handle on a stage's MLflow run: explicit-id logging helpers."""
+
+    def __init__(self, client: MlflowClient | None, run_id: str | None):
+        self.client = client
+        self.run_id = run_id
+
+    @property
+    def active(self) -> bool:
+        return self.client is not None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if self.active:
+            from mlflow.entities import Metric
+
+            now = _now_ms()
+            self.client.log_batch(
+                self.run_id,
+                metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()],
+            )
+
+    def log_series(self, key: str, steps: list[int], values: list[float]) -> None:
+        if self.active:
+            from mlflow.entities import Metric
+
+            now = _now_ms()
+            batch = [Metric(key, float(v), now, int(s)) for s, v in zip(steps, values, strict=True)]
+            for start in range(0, len(batch), 1000):
+                self.client.log_batch(self.run_id, metrics=batch[start : start + 1000])
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        if self.active:
+            self.client.log_artifact(self.run_id, str(path), folder)
+
+    def log_dict(self, data: Mapping, name: str) -> None:
+        if self.active:
+            self.client.log_dict(self.run_id, dict(data), name)
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+@contextlib.contextmanager
+def stage_run(cfg: DictConfig, stage: str) -> Iterator[StageRun]:
+    """Open the child run of `stage` under this pipeline execution's parent run."""
+    from clrpipe import config
+
+    params = config.section(cfg, "tracking", TrackingParams)
+    if not params.enabled:
+        yield StageRun(None, None)
+        return
+    uri = resolve_uri(params.uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    parent_id = os.environ.pop("MLFLOW_RUN_ID", None)
+    if parent_id:
+        experiment_id = client.get_run(parent_id).info.experiment_id
+    else:
+        experiment_id = _experiment_id(client, params.experiment)
+        parent_id = _pipeline_parent(client, experiment_id)
+    tags = {
+        MLFLOW_PARENT_RUN_ID: parent_id,
+        MLFLOW_RUN_NAME: stage,
+        STAGE_TAG: stage,
+        "mlflow.source.git.commit": git_commit(),
+        "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
+    }
+    run_id = client.create_run(experiment_id, tags=tags).info.run_id
+    mlflow.start_run(run_id=run_id)
+    try:
+        flat = flatten(OmegaConf.to_container(cfg, resolve=True))
+        from mlflow.entities import Param
+
+        items = [Param(k, v[:6000]) for k, v in flat.items()]
+        for start in range(0, len(items), 100):
+            client.log_batch(run_id, params=items[start : start + 100])
+        yield StageRun(client, run_id)
+    except KeyboardInterrupt:
+        client.set_tag(run_id, ERROR_TAG, "interrupted")
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+        client.set_tag(run_id, ERROR_TAG, message[:5000])
+        mlflow.end_run("FAILED")
+        client.set_terminated(parent_id, "FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel stage
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def _pipeline_parent(client: MlflowClient, experiment_id: str) -> str:
+    params_text = PARAMS_FILE.read_bytes() if PARAMS_FILE.is_file() else b""
+    exp_name = os.environ.get("DVC_EXP_NAME", "")
+    key = hashlib.sha256(
+        b"\0".join([git_commit().encode(), exp_name.encode(), params_text])
+    ).hexdigest()[:16]
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{key}'", max_results=1
+    )
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(
+        experiment_id,
+        tags={
+            PIPELINE_TAG: key,
+            MLFLOW_RUN_NAME: f"pipeline {exp_name or 'workspace'} {key[:7]}",
+            "mlflow.source.git.commit": git_commit(),
+            "dvc.exp_name": exp_name,
+        },
+    )
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id

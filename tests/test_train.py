@@ -1,0 +1,135 @@
+"""The `train` stage on the real split: outputs, MLflow contents, determinism, failure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from clrpipe import cli, config, data, schedules, tracking
+
+EPOCHS = 2
+
+
+def train(variant: str, *overrides: str):
+    return CliRunner().invoke(
+        cli.main, ["train", variant, f"train.{variant}.epochs={EPOCHS}", *overrides]
+    )
+
+
+def store(project: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+
+
+def stage_runs(client: MlflowClient, stage: str):
+    experiment = client.get_experiment_by_name("clrpipe")
+    return client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`clrpipe.stage` = '{stage}'"
+    )
+
+
+@pytest.fixture
+def clr_run(trained_project):
+    result = train("clr")
+    assert result.exit_code == 0, result.output
+    return trained_project
+
+
+def test_clr_stage_writes_outputs(clr_run):
+    metrics = json.loads(Path("metrics/train_clr.json").read_text())
+    assert metrics["epochs"] == EPOCHS
+    assert 0.6 < metrics["test_accuracy"] <= 1
+    history = pd.read_csv("plots/train_clr/history.csv")
+    assert list(history.epoch) == [1, 2]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "seconds"} <= set(history.columns)
+    lr = pd.read_csv("plots/train_clr/lr.csv")
+    assert lr.lr.between(1e-4, 1e-2).all()
+    model = keras.models.load_model("models/train_clr.keras")
+    assert isinstance(model.optimizer._learning_rate, schedules.CyclicalLearningRate)
+
+
+def test_clr_run_is_tracked_completely(clr_run):
+    client = store(clr_run)
+    (run,) = stage_runs(client, "train_clr")
+    assert run.info.status == "FINISHED"
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.data.tags[tracking.PIPELINE_TAG]
+    assert run.data.tags["mlflow.runName"] == "train_clr"
+    assert run.data.tags["mlflow.source.git.commit"]
+
+    cfg = config.load()
+    expected = tracking.flatten(dict(config.OmegaConf.to_container(cfg, resolve=True)))
+    expected["train.clr.epochs"] = str(EPOCHS)
+    assert run.data.params == expected
+
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1]
+    assert run.data.metrics["test_accuracy"] == pytest.approx(
+        json.loads(Path("metrics/train_clr.json").read_text())["test_accuracy"]
+    )
+
+    lr_history = client.get_metric_history(run.info.run_id, "learning_rate")
+    schedule = schedules.build_schedule(
+        OmegaConf_to_dict(cfg.schedule), train_rows=50333, batch_size=350
+    )
+    assert len(lr_history) > 2
+    for point in lr_history:
+        assert point.value == pytest.approx(float(schedule(point.step)), rel=1e-6)
+
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert artifacts == {"plots/curves.png", "plots/lr.png"}
+    inputs = {d.dataset.name for d in run.inputs.dataset_inputs}
+    assert inputs == {"cardio_training", "cardio_testing"}
+
+    mlflow.set_tracking_uri(f"sqlite:///{clr_run / 'mlflow.db'}")
+    (logged,) = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], output_format="list"
+    )
+    assert logged.source_run_id == run.info.run_id
+    loaded = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
+    assert loaded.metadata.signature is not None
+    test = pd.read_parquet("data/split/test.parquet")
+    x = test[list(data.FEATURES)].to_numpy("float32")[:256]
+    in_memory = keras.models.load_model("models/train_clr.keras").predict(x, verbose=0)
+    np.testing.assert_allclose(np.asarray(loaded.predict(x)).ravel(), in_memory.ravel(), rtol=1e-6)
+
+
+def OmegaConf_to_dict(node):
+    return config.OmegaConf.to_container(node, resolve=True)
+
+
+def test_same_seed_gives_same_metrics(trained_project):
+    results = []
+    for folder in ("a", "b"):
+        assert train("baseline", "tracking.enabled=false", "train.baseline.batch_size=256")\
+            .exit_code == 0
+        Path("metrics/train_baseline.json").rename(f"{folder}.json")
+        results.append(json.loads(Path(f"{folder}.json").read_text()))
+    for key in ("test_accuracy", "test_loss", "train_accuracy", "final_val_accuracy"):
+        assert results[0][key] == results[1][key]
+
+
+def test_nan_loss_fails_the_run_and_leaves_nothing(trained_project):
+    result = train("baseline", "train.baseline.learning_rate=1e30")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: training diverged: loss is nan at step 64;"
+    )
+    (run,) = stage_runs(store(trained_project), "train_baseline")
+    assert run.info.status == "FAILED"
+    assert run.data.tags[tracking.ERROR_TAG].startswith("training diverged: loss is nan")
+    parent = store(trained_project).get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FAILED"
+    mlflow.set_tracking_uri(f"sqlite:///{trained_project / 'mlflow.db'}")
+    assert mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], output_format="list"
+    ) == []
+    for leftover in ("models", "metrics", "plots"):
+        assert not Path(leftover).exists()
