@@ -272,7 +272,12 @@ def _yaml(name: str) -> dict:
 
 
 def test_default_reproduces_the_article_with_the_correct_iteration_count():
-    s = build_schedule(_yaml("triangular"), train_rows=56_000, batch_size=350)
+    article_bounds = (1e-4, 1e-2)
+    with pytest.raises(ClrpipeError, match=r"^schedule\.initial_learning_rate"):
+        build_schedule(_yaml("triangular"), train_rows=56_000, batch_size=350)
+    s = build_schedule(
+        _yaml("triangular"), train_rows=56_000, batch_size=350, bounds=article_bounds
+    )
     assert isinstance(s, CyclicalLearningRate)
     assert s.get_config() | {"name": None} == {
         "initial_learning_rate": 1e-4,
@@ -284,10 +289,15 @@ def test_default_reproduces_the_article_with_the_correct_iteration_count():
         "name": None,
     }
     article = build_schedule(
-        _yaml("triangular") | {"iterations_rows": 70_000}, train_rows=56_000, batch_size=350
+        _yaml("triangular") | {"iterations_rows": 70_000},
+        train_rows=56_000,
+        batch_size=350,
+        bounds=article_bounds,
     )
     assert article.step_size == 400
-    partial = build_schedule(_yaml("triangular"), train_rows=56_001, batch_size=350)
+    partial = build_schedule(
+        _yaml("triangular"), train_rows=56_001, batch_size=350, bounds=article_bounds
+    )
     assert partial.step_size == 2 * 161
 
 
@@ -308,7 +318,7 @@ def test_step_size_in_steps_and_bounds_from_the_range_test():
 )
 def test_every_config_file_builds(name):
     cfg = _yaml(name)
-    s = build_schedule(cfg, train_rows=56_000, batch_size=350, epochs=50)
+    s = build_schedule(cfg, train_rows=56_000, batch_size=350, epochs=50, bounds=(1e-4, 1e-2))
     expected = {
         "constant": ConstantLearningRate,
         "one_cycle": OneCycleLearningRate,

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from clrpipe import cli, config, data, schedules, tracking
 
 EPOCHS = 2
+PINNED = ("schedule.initial_learning_rate=1e-4", "schedule.maximal_learning_rate=1e-2")
 
 
 def train(variant: str, *overrides: str):
@@ -37,7 +38,7 @@ def stage_runs(client: MlflowClient, stage: str):
 
 @pytest.fixture
 def clr_run(trained_project):
-    result = train("clr")
+    result = train("clr", *PINNED)
     assert result.exit_code == 0, result.output
     return trained_project
 
@@ -64,7 +65,7 @@ def test_clr_run_is_tracked_completely(clr_run):
     assert run.data.tags["mlflow.runName"] == "train_clr"
     assert run.data.tags["mlflow.source.git.commit"]
 
-    cfg = config.load()
+    cfg = config.load(list(PINNED))
     expected = tracking.flatten(dict(config.OmegaConf.to_container(cfg, resolve=True)))
     expected["train.clr.epochs"] = str(EPOCHS)
     assert run.data.params == expected
@@ -133,3 +134,10 @@ def test_nan_loss_fails_the_run_and_leaves_nothing(trained_project):
     ) == []
     for leftover in ("models", "metrics", "plots"):
         assert not Path(leftover).exists()
+
+
+def test_clr_without_bounds_or_range_test_is_refused(trained_project):
+    result = train("clr")
+    assert result.exit_code == 1
+    assert "schedule.initial_learning_rate" in result.stderr.strip().splitlines()[-1]
+    assert not Path("models").exists()

@@ -44,6 +44,15 @@ def split(overrides: tuple[str, ...]) -> None:
     _run(stage.run, overrides)
 
 
+@main.command(name="range-test")
+@OVERRIDES
+def range_test(overrides: tuple[str, ...]) -> None:
+    """LR range test: sweep the LR, pick CLR bounds -> metrics/range_test.json."""
+    from clrpipe.stages import range_test as stage
+
+    _run(stage.run, overrides)
+
+
 @main.command()
 @click.argument("variant", type=click.Choice(["baseline", "clr"]))
 @OVERRIDES
