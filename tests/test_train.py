@@ -141,3 +141,11 @@ def test_clr_without_bounds_or_range_test_is_refused(trained_project):
     assert result.exit_code == 1
     assert "schedule.initial_learning_rate" in result.stderr.strip().splitlines()[-1]
     assert not Path("models").exists()
+
+
+def test_unknown_activation_is_refused_naming_the_key(trained_project):
+    result = train("baseline", "model.activation=relux")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: params.yaml: model.activation: expected a Keras activation name, got 'relux'"
+    )

@@ -15,22 +15,15 @@ class ModelParams(Section):
     activation: str = "relu"
     kernel_initializer: str = "glorot_uniform"
 
-    @field_validator("activation")
+    @field_validator("activation", "kernel_initializer")
     @classmethod
-    def _known_activation(cls, name: str) -> str:
+    def _known_to_keras(cls, name: str, info) -> str:
+        lookup = {"activation": keras.activations.get, "kernel_initializer": keras.initializers.get}
         try:
-            keras.activations.get(name)
+            lookup[info.field_name](name)
         except ValueError:
-            raise ValueError(f"expected a Keras activation name, got {name!r}") from None
-        return name
-
-    @field_validator("kernel_initializer")
-    @classmethod
-    def _known_initializer(cls, name: str) -> str:
-        try:
-            keras.initializers.get(name)
-        except ValueError:
-            raise ValueError(f"expected a Keras initializer name, got {name!r}") from None
+            kind = info.field_name.replace("kernel_", "")
+            raise ValueError(f"expected a Keras {kind} name, got {name!r}") from None
         return name
 
 
