@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import os
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -110,8 +111,6 @@ class StageRun:
 
 
 def _now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)
 
 

@@ -78,7 +78,9 @@ def range_test_bounds() -> tuple[float, float] | None:
 def make_schedule(cfg: DictConfig, variant: str, run: RunParams, train_rows: int):
     """The variant's schedule: the baseline's constant LR, or the `schedule:` section for CLR."""
     if variant == "baseline":
-        section = {"policy": "constant", "learning_rate": run.learning_rate or 0.01}
+        if run.learning_rate is None:
+            raise ClrpipeError("params.yaml: train.baseline.learning_rate: required, got null")
+        section = {"policy": "constant", "learning_rate": run.learning_rate}
     else:
         section = OmegaConf.to_container(config.section_node(cfg, "schedule"), resolve=True)
     return section, schedules.build_schedule(
