@@ -78,7 +78,7 @@ def test_clr_run_is_tracked_completely(clr_run):
 
     lr_history = client.get_metric_history(run.info.run_id, "learning_rate")
     schedule = schedules.build_schedule(
-        OmegaConf_to_dict(cfg.schedule), train_rows=50333, batch_size=350
+        config.OmegaConf.to_container(cfg.schedule), train_rows=50333, batch_size=350
     )
     assert len(lr_history) > 2
     for point in lr_history:
@@ -100,10 +100,6 @@ def test_clr_run_is_tracked_completely(clr_run):
     x = test[list(data.FEATURES)].to_numpy("float32")[:256]
     in_memory = keras.models.load_model("models/train_clr.keras").predict(x, verbose=0)
     np.testing.assert_allclose(np.asarray(loaded.predict(x)).ravel(), in_memory.ravel(), rtol=1e-6)
-
-
-def OmegaConf_to_dict(node):
-    return config.OmegaConf.to_container(node, resolve=True)
 
 
 def test_same_seed_gives_same_metrics(trained_project):

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import mlflow
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig, OmegaConf
@@ -84,8 +85,6 @@ class StageRun:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if self.active:
-            from mlflow.entities import Metric
-
             now = _now_ms()
             self.client.log_batch(
                 self.run_id,
@@ -94,8 +93,6 @@ class StageRun:
 
     def log_series(self, key: str, steps: list[int], values: list[float]) -> None:
         if self.active:
-            from mlflow.entities import Metric
-
             now = _now_ms()
             batch = [Metric(key, float(v), now, int(s)) for s, v in zip(steps, values, strict=True)]
             for start in range(0, len(batch), 1000):
@@ -143,8 +140,6 @@ def stage_run(cfg: DictConfig, stage: str) -> Iterator[StageRun]:
     mlflow.start_run(run_id=run_id)
     try:
         flat = flatten(OmegaConf.to_container(cfg, resolve=True))
-        from mlflow.entities import Param
-
         items = [Param(k, v[:6000]) for k, v in flat.items()]
         for start in range(0, len(items), 100):
             client.log_batch(run_id, params=items[start : start + 100])
