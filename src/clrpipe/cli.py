@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
+from pathlib import Path
 
 import click
 
@@ -63,12 +67,48 @@ def train(variant: str, overrides: tuple[str, ...]) -> None:
     _run(lambda cfg: stage.run(cfg, variant), overrides)
 
 
+@main.command()
+@OVERRIDES
+def compare(overrides: tuple[str, ...]) -> None:
+    """Every `compare:` method x seed and gradient boosting, on Ray -> metrics/compare.json."""
+    from clrpipe.stages import compare as stage
+
+    _run(stage.run, overrides)
+
+
 def _run(stage_run, overrides: tuple[str, ...]) -> None:
     try:
-        stage_run(config.load(overrides))
+        with _sigterm_interrupts():
+            stage_run(config.load(overrides))
     except ClrpipeError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
+    except KeyboardInterrupt as err:
+        signum = signal.SIGTERM if isinstance(err, _Terminated) else signal.SIGINT
+        click.echo(f"error: interrupted by {signum.name}; no outputs written", err=True)
+        sys.exit(128 + signum)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt: the stage's run ends KILLED."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """While a stage runs, SIGTERM (what CI runners, `mlflow run` cancellation and Kubernetes
+    send) unwinds like Ctrl-C instead of killing the process with its MLflow run left RUNNING."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @main.command()
@@ -87,3 +127,26 @@ def params(overrides: tuple[str, ...]) -> None:
     with atomic_outputs(config.PARAMS_FILE) as (tmp,):
         OmegaConf.save(composed, tmp)
     click.echo(f"params: wrote {config.PARAMS_FILE} from {config.CONF_DIR}/config.yaml")
+
+
+@main.command()
+@click.option("--reference", type=click.Path(path_type=Path), metavar="FILE",
+              help="Reference values and tolerances (e.g. ci/reference.json).")
+@click.option("--metrics-dir", type=click.Path(path_type=Path), default=Path("metrics"),
+              show_default=True, help="Folder of the run's metrics JSON files.")
+@click.option("--bench", type=click.Path(path_type=Path), metavar="FILE",
+              help="bench/benchmark.py --json output of the same run (bench.* checks).")
+@click.option("--against", metavar="REV",
+              help="Compare the workspace with a git revision via `dvc metrics diff`.")
+def gate(reference: Path | None, metrics_dir: Path, bench: Path | None, against: str | None):
+    """Check metrics against references (or a git revision); exit 1 with a table on regression."""
+    from clrpipe import gate as core
+
+    try:
+        report, passed = core.run(reference, metrics_dir, bench, against)
+    except ClrpipeError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    click.echo(report)
+    if not passed:
+        sys.exit(1)

@@ -4,6 +4,9 @@ Both variants are one code path: a schedule (constant or cyclical) on SGD, the f
 evaluation, then the outputs: `models/train_<variant>.keras`, `metrics/train_<variant>.json`,
 `plots/train_<variant>/{history,lr}.csv` for DVC, and the same plus the model and PNG curves in
 the stage's MLflow run. Nothing is written unless the whole stage succeeds.
+
+One trial (model, schedule, fit, test evaluation) is `train_trial`, shared with the `compare`
+stage, which runs many of them (methods x seeds) as Ray tasks.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -22,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from pydantic import Field
 from sklearn.model_selection import train_test_split
 
-from clrpipe import config, data, plots, schedules, tracking, training
+from clrpipe import config, data, legacy, plots, schedules, tracking, training
 from clrpipe.errors import ClrpipeError
 from clrpipe.model import ModelParams, build_model
 from clrpipe.outputs import atomic_outputs
@@ -67,6 +72,107 @@ def arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return frame[features].to_numpy("float32"), frame[data.TARGET].to_numpy("float32")
 
 
+@dataclass(frozen=True)
+class SplitArrays:
+    """The split as float32 arrays: fit part, validation slice (per-epoch curves) and test."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def split_arrays(
+    train_frame: pd.DataFrame, test_frame: pd.DataFrame, params: TrainParams
+) -> SplitArrays:
+    """Carve the stratified validation slice (`train.validation_fraction`, `train.seed`)."""
+    fit_frame, val_frame = train_test_split(
+        train_frame,
+        test_size=params.validation_fraction,
+        random_state=params.seed,
+        stratify=train_frame[data.TARGET],
+    )
+    (x, y), (x_val, y_val), (x_test, y_test) = map(arrays, (fit_frame, val_frame, test_frame))
+    return SplitArrays(x, y, x_val, y_val, x_test, y_test)
+
+
+@dataclass
+class TrialResult:
+    """What one training returns: the model, its history, test metrics and fit seconds."""
+
+    model: keras.Model
+    history: training.History
+    test: dict[str, float]
+    seconds: float
+    backend: dict[str, str | float] = field(default_factory=lambda: {"backend": "keras"})
+
+
+def train_trial(
+    model_params: ModelParams,
+    params: TrainParams,
+    schedule_section: Mapping,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    split: SplitArrays,
+    bounds: tuple[float, float] | None = None,
+    on_epoch: Callable[[int, dict, float], None] | None = None,
+) -> TrialResult:
+    """Build the network from `seed`, train it on `schedule_section` (a `schedule:`-style
+    mapping, null rates filled from `bounds`) with SGD, and evaluate it on the test set."""
+    schedule = schedules.build_schedule(
+        schedule_section, len(split.x), batch_size, bounds=bounds, epochs=epochs
+    )
+    model = build_model(model_params, split.x.shape[1], seed)
+    if schedule_section.get("backend") == "tfa":
+        return _tfa_trial(model, schedule, model_params, params, epochs=epochs,
+                          batch_size=batch_size, seed=seed, split=split, on_epoch=on_epoch)
+    optimizer = schedules.build_sgd(schedule, schedule_section)
+    if params.momentum and type(optimizer) is keras.optimizers.SGD:
+        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=params.momentum)
+    training.compile_model(model, optimizer, params.steps_per_execution, params.jit_compile)
+    started = time.perf_counter()
+    history = training.fit(
+        model, split.x, split.y, epochs=epochs, batch_size=batch_size,
+        validation=(split.x_val, split.y_val), on_epoch=on_epoch,
+    )
+    seconds = time.perf_counter() - started
+    test = training.evaluate(model, split.x_test, split.y_test)
+    return TrialResult(model, history, test, seconds)
+
+
+def _tfa_trial(model, schedule, model_params, params, *, epochs, batch_size, seed, split, on_epoch):
+    """The same trial trained by tfa 0.23 in legacy/.venv from the same initial weights; the
+    Keras 3 model gets the trained weights and an optimizer positioned at tfa's last step, so it
+    saves, scores and resumes like a model trained here."""
+    started = time.perf_counter()
+    done = legacy.train_with_tfa(
+        schedule, model.get_weights(), units=model_params.units,
+        activation=model_params.activation,
+        data={"x": split.x, "y": split.y, "x_val": split.x_val, "y_val": split.y_val,
+              "x_test": split.x_test, "y_test": split.y_test},
+        epochs=epochs, batch_size=batch_size, momentum=params.momentum, seed=seed,
+        project_root=tracking.project_root(),
+    )
+    seconds = time.perf_counter() - started
+    model.set_weights(done.weights)
+    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=params.momentum)
+    training.compile_model(model, optimizer, params.steps_per_execution, params.jit_compile)
+    optimizer.build(model.trainable_variables)
+    optimizer.iterations.assign(len(done.history.lr_steps))
+    if on_epoch is not None:
+        for epoch, seconds_of_epoch in enumerate(done.history.epoch_seconds):
+            logs = {name: values[epoch] for name, values in done.history.epochs.items()}
+            on_epoch(epoch, logs, seconds_of_epoch)
+    test = training.evaluate(model, split.x_test, split.y_test)
+    backend = {"backend": "tfa", "tensorflow": done.tensorflow,
+               "tfa_test_accuracy": done.test["accuracy"]}
+    return TrialResult(model, done.history, test, seconds, backend)
+
+
 def range_test_bounds() -> tuple[float, float] | None:
     """(base_lr, max_lr) from the range-test stage, when it has run."""
     if not RANGE_TEST_METRICS.is_file():
@@ -98,34 +204,21 @@ def run(cfg: DictConfig, variant: str) -> dict:
     model_params = config.section(cfg, "model", ModelParams)
     split_dir = config.section(cfg, "split", SplitParams).dir
     train_frame, test_frame = load_split(split_dir)
-    fit_frame, val_frame = train_test_split(
-        train_frame,
-        test_size=params.validation_fraction,
-        random_state=params.seed,
-        stratify=train_frame[data.TARGET],
-    )
-    (x, y), (x_val, y_val), (x_test, y_test) = map(arrays, (fit_frame, val_frame, test_frame))
-    schedule_section, schedule = make_schedule(cfg, variant, run_params, len(fit_frame))
+    split = split_arrays(train_frame, test_frame, params)
+    schedule_section, _ = make_schedule(cfg, variant, run_params, len(split.x))
     if schedule_section.get("backend") == "tfa":
-        raise ClrpipeError("schedule.backend: tfa runs in legacy/.venv; see README (legacy path)")
+        legacy.legacy_dir(tracking.project_root())  # fail before training when it is missing
 
     with tracking.stage_run(cfg, stage) as tracked:
-        model = build_model(model_params, x.shape[1], params.seed)
-        optimizer = schedules.build_sgd(schedule, schedule_section)
-        if params.momentum and type(optimizer) is keras.optimizers.SGD:
-            optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=params.momentum)
-        training.compile_model(model, optimizer, params.steps_per_execution, params.jit_compile)
-
         def on_epoch(epoch, logs, seconds):
             tracked.log_metrics({**logs, "epoch_seconds": seconds}, step=epoch)
 
-        started = time.perf_counter()
-        history = training.fit(
-            model, x, y, epochs=run_params.epochs, batch_size=run_params.batch_size,
-            validation=(x_val, y_val), on_epoch=on_epoch,
+        trial = train_trial(
+            model_params, params, schedule_section, epochs=run_params.epochs,
+            batch_size=run_params.batch_size, seed=params.seed, split=split,
+            bounds=range_test_bounds(), on_epoch=on_epoch,
         )
-        seconds = time.perf_counter() - started
-        test = training.evaluate(model, x_test, y_test)
+        model, history, test, seconds = trial.model, trial.history, trial.test, trial.seconds
         metrics = {
             "test_accuracy": test["accuracy"],
             "test_loss": test["loss"],
@@ -136,6 +229,8 @@ def run(cfg: DictConfig, variant: str) -> dict:
             "epoch_seconds_median": float(np.median(history.epoch_seconds)),
         }
         tracked.log_metrics(metrics)
+        tracked.set_tag("clrpipe.backend", trial.backend["backend"])
+        metrics.update(trial.backend)
         tracked.log_series("learning_rate", history.lr_steps, history.lr_values)
         outputs = {
             "model": Path("models") / f"{stage}.keras",
@@ -156,7 +251,7 @@ def run(cfg: DictConfig, variant: str) -> dict:
             pd.DataFrame({"step": history.lr_steps, "lr": history.lr_values}).to_csv(
                 tmp["lr"], index=False
             )
-            _log_model_and_plots(tracked, model, x, train_frame, test_frame, history, stage)
+            _log_model_and_plots(tracked, model, split.x, train_frame, test_frame, history, stage)
     click.echo(
         f"{stage}: test accuracy {metrics['test_accuracy']:.4f} after {run_params.epochs} "
         f"epochs in {seconds:.1f} s -> {outputs['model']}, {outputs['metrics']}"

@@ -1,0 +1,273 @@
+"""The comparison: the summary core against hand calculations, and the `compare` stage on the
+real split with a real embedded Ray and a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from clrpipe import cli, tracking
+from clrpipe.compare import (
+    TrialOutcome,
+    difference_interval,
+    fill_rates,
+    first_reach,
+    markdown_table,
+    suggested_constant_lr,
+    summarize,
+    t_interval,
+)
+from clrpipe.errors import ClrpipeError
+
+BOUNDS = {"base_lr": 1e-3, "max_lr": 5e-2}
+NETWORKS = ("constant_range_test", "clr_triangular")
+SMALL = (
+    "compare.seeds=2",
+    "compare.epochs=2",
+    f"compare.select=[{','.join(NETWORKS)},hgb]",
+)
+
+
+# --- pure core -----------------------------------------------------------------------------
+
+
+def test_t_interval_matches_a_hand_calculation():
+    # mean 0.72; squared deviations 4e-4, 0, 4e-4, 1e-4, 1e-4 -> s^2 = 1e-3 / 4 = 2.5e-4,
+    # s / sqrt(5) = 0.00707107; t(0.975, 4) = 2.776445 (table) -> half width 0.0196324.
+    interval = t_interval([0.70, 0.72, 0.74, 0.71, 0.73], 0.95)
+    assert interval.n == 5
+    assert interval.mean == pytest.approx(0.72)
+    assert interval.half_width == pytest.approx(0.0196324, abs=1e-7)
+    assert (interval.low, interval.high) == pytest.approx((0.7003676, 0.7396324), abs=1e-7)
+    # 90%: t(0.95, 4) = 2.131847 -> half width 0.0150744
+    assert t_interval([0.70, 0.72, 0.74, 0.71, 0.73], 0.90).half_width == pytest.approx(
+        0.0150744, abs=1e-7
+    )
+
+
+def test_t_interval_of_one_value_has_no_bounds():
+    interval = t_interval([0.7])
+    assert (interval.mean, interval.low, interval.high, interval.n) == (0.7, None, None, 1)
+
+
+def test_welch_difference_matches_a_hand_calculation():
+    # Equal variances 1 and sizes 3: se = sqrt(1/3 + 1/3) = 0.8164966, Welch df = 4,
+    # t(0.975, 4) = 2.776445 -> -2 +- 2.2669579.
+    interval = difference_interval([1, 2, 3], [3, 4, 5])
+    assert interval.mean == pytest.approx(-2)
+    assert (interval.low, interval.high) == pytest.approx((-4.2669579, 0.2669579), abs=1e-6)
+
+
+def test_first_reach_counts_epochs_and_cumulative_seconds():
+    assert first_reach([0.70, 0.72, 0.735, 0.74], [1.0, 0.5, 0.25, 0.25], 0.73) == (3, 1.75)
+    assert first_reach([0.70, 0.72], [1.0, 1.0], 0.73) == (None, None)
+
+
+def outcome(method, seed, accuracy, val, seconds=1.0):
+    return TrialOutcome(method, seed, accuracy, 0.55, 0.5, tuple(val), (seconds,) * len(val))
+
+
+def test_summary_medians_count_seeds_that_missed_the_target_as_slowest():
+    trials = [
+        outcome("clr", 0, 0.73, [0.72, 0.731, 0.74]),
+        outcome("clr", 1, 0.74, [0.731, 0.74, 0.75]),
+        outcome("clr", 2, 0.72, [0.70, 0.71, 0.72]),
+        outcome("flat", 0, 0.71, [0.70, 0.72, 0.731]),
+        outcome("flat", 1, 0.70, [0.70, 0.70, 0.70]),
+    ]
+    summary = summarize(trials, target=0.73)
+    clr, flat = summary["clr"], summary["flat"]
+    assert clr.seeds == (0, 1, 2)
+    assert clr.reached == 2
+    assert clr.epochs_to_target == 2  # median of 2, 1, never
+    assert clr.seconds_to_target == 2.0
+    assert clr.test_accuracy.mean == pytest.approx(0.73)
+    assert flat.reached == 1
+    assert flat.epochs_to_target is None  # median of 3 and never
+    table = markdown_table(summary, 0.73)
+    rows = [line for line in table.splitlines() if line.startswith("| clr") or
+            line.startswith("| flat")]
+    assert rows[0].startswith("| clr | 3 | 73.00 | [")
+    assert "| 2 | 2.0 | 2/3 |" in rows[0]
+    assert "| not reached | not reached | 1/2 |" in rows[1]
+    with pytest.raises(ValueError, match="seed twice"):
+        summarize([*trials, outcome("flat", 1, 0.7, [0.7])], target=0.73)
+
+
+def test_null_rates_come_from_the_range_test():
+    bounds = (0.004, 0.0625)
+    assert suggested_constant_lr(bounds) == pytest.approx(math.sqrt(0.004 * 0.0625))
+    assert suggested_constant_lr(bounds, "arithmetic_mean") == pytest.approx(0.03325)
+    filled = fill_rates(
+        {"policy": "triangular", "initial_learning_rate": None, "maximal_learning_rate": 0.1},
+        bounds, "geometric_mean", "compare.methods.x.schedule",
+    )
+    assert (filled["initial_learning_rate"], filled["maximal_learning_rate"]) == (0.004, 0.1)
+    assert fill_rates({"policy": "constant", "learning_rate": None}, bounds, "geometric_mean",
+                      "w")["learning_rate"] == pytest.approx(0.0158114, rel=1e-5)
+    with pytest.raises(ClrpipeError, match=r"^compare\.m\.schedule\.learning_rate: null means"):
+        fill_rates({"policy": "constant", "learning_rate": None}, None, "geometric_mean",
+                   "compare.m.schedule")
+
+
+# --- the stage -----------------------------------------------------------------------------
+
+
+def compare(*overrides: str):
+    return CliRunner().invoke(cli.main, ["compare", *overrides])
+
+
+@pytest.fixture
+def bounded_project(trained_project: Path) -> Path:
+    """The real split plus a range-test result with fixed bounds."""
+    (trained_project / "metrics").mkdir()
+    (trained_project / "metrics" / "range_test.json").write_text(json.dumps(BOUNDS))
+    return trained_project
+
+
+def store(project: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+
+
+def compare_runs(client: MlflowClient):
+    experiment = client.get_experiment_by_name("clrpipe")
+    return client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`clrpipe.stage` = 'compare'"
+    )
+
+
+def children(client: MlflowClient, parent):
+    return client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+    )
+
+
+OUTPUTS = [
+    Path("metrics/compare.json"),
+    Path("reports/compare.md"),
+    Path("plots/compare/trials.csv"),
+    *(Path("plots/compare") / f"{name}.png" for name in ("test_accuracy", "val_accuracy", "lr")),
+]
+
+
+@pytest.mark.slow
+def test_compare_stage_on_the_real_split(bounded_project):
+    result = compare(*SMALL)
+    assert result.exit_code == 0, result.output
+    for path in OUTPUTS:
+        assert path.is_file() and path.stat().st_size > 0, path
+    methods = [*NETWORKS, "hgb"]
+
+    table = Path("reports/compare.md").read_text().splitlines()
+    rows = {line.split("|")[1].strip(): line for line in table if line.startswith("| ")}
+    assert set(rows) == {"method", *methods}
+    for name in methods:
+        assert rows[name].split("|")[2].strip() == "2"
+    assert "Best network:" in Path("reports/compare.md").read_text()
+
+    report = json.loads(Path("metrics/compare.json").read_text())
+    assert list(report["methods"]) == methods
+    assert report["learning_rates"]["constant_range_test"]["learning_rate"] == pytest.approx(
+        math.sqrt(BOUNDS["base_lr"] * BOUNDS["max_lr"])
+    )
+    trials = pd.read_csv("plots/compare/trials.csv")
+    assert sorted(zip(trials.method, trials.seed, strict=True)) == sorted(
+        (m, s) for m in methods for s in (0, 1)
+    )
+    for name in methods:
+        summary = report["methods"][name]
+        accuracy = trials[trials.method == name].test_accuracy
+        assert summary["seeds"] == 2
+        assert summary["test_accuracy_mean"] == pytest.approx(accuracy.mean())
+        assert summary["test_accuracy_ci_low"] < summary["test_accuracy_mean"]
+        assert 0.6 < summary["test_accuracy_mean"] < 0.8
+
+    client = store(bounded_project)
+    (run,) = compare_runs(client)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["hgb.test_accuracy_mean"] == pytest.approx(
+        report["methods"]["hgb"]["test_accuracy_mean"]
+    )
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "compare")}
+    assert artifacts == {f"compare/{p.name}" for p in OUTPUTS}
+
+    kids = children(client, run)
+    assert sorted(
+        (k.data.tags["clrpipe.method"], int(k.data.tags["clrpipe.seed"])) for k in kids
+    ) == sorted((m, s) for m in methods for s in (0, 1))
+    for kid in kids:
+        assert kid.info.status == "FINISHED"
+        name, seed = kid.data.tags["clrpipe.method"], int(kid.data.tags["clrpipe.seed"])
+        logged = trials[(trials.method == name) & (trials.seed == seed)].test_accuracy.item()
+        assert kid.data.metrics["test_accuracy"] == pytest.approx(logged)
+        if name == "hgb":
+            assert kid.data.params["hgb.max_iter"] == "100"
+            continue
+        history = client.get_metric_history(kid.info.run_id, "val_accuracy")
+        assert [m.step for m in history] == [0, 1]
+        assert len(client.get_metric_history(kid.info.run_id, "learning_rate")) > 2
+    clr = next(k for k in kids if k.data.tags["clrpipe.method"] == "clr_triangular")
+    assert float(clr.data.params["schedule.initial_learning_rate"]) == BOUNDS["base_lr"]
+    assert float(clr.data.params["schedule.maximal_learning_rate"]) == BOUNDS["max_lr"]
+
+
+@pytest.mark.slow
+def test_a_diverging_trial_fails_the_run_and_writes_nothing(bounded_project):
+    result = compare(
+        "compare.seeds=1", "compare.epochs=1", "compare.select=[constant_article]",
+        "compare.methods.constant_article.schedule.learning_rate=1e30",
+        "compare.methods.constant_article.batch_size=256",
+    )
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: compare: trial constant_article seed 0 failed: training diverged: loss is"
+    )
+    for path in OUTPUTS:
+        assert not path.exists(), path
+    client = store(bounded_project)
+    (run,) = compare_runs(client)
+    assert run.info.status == "FAILED"
+    assert run.data.tags[tracking.ERROR_TAG].startswith("compare: trial constant_article")
+    (kid,) = children(client, run)
+    assert kid.info.status == "FAILED"
+    assert kid.data.tags[tracking.ERROR_TAG].startswith("training diverged")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["compare.select=[clr_triangular,nope]"],
+         "params.yaml: compare.select: expected names from constant_article, "
+         "constant_range_test, clr_triangular, clr_triangular2, one_cycle, hgb, got 'nope'"),
+        (["+compare.methods.one_cycle.schedule.pct_start=2"],
+         "params.yaml: compare.methods.one_cycle.schedule.pct_start: expected a number between "
+         "0 and 1 (exclusive), got 2"),
+        (["compare.methods.clr_triangular.batch_size=0"],
+         "params.yaml: compare.methods.clr_triangular.batch_size: input should be greater than "
+         "0, got 0"),
+    ],
+)
+def test_bad_config_is_refused_before_any_training(bounded_project, overrides, message):
+    result = compare(*overrides)
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == f"error: {message}"
+    assert not Path("mlflow.db").exists()
+    for path in OUTPUTS:
+        assert not path.exists(), path
+
+
+def test_null_rates_without_a_range_test_are_refused(trained_project):
+    result = compare()
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: params.yaml: compare.methods.constant_range_test.schedule.learning_rate: null "
+        "means 'from the range test', but metrics/range_test.json was not found (run `clrpipe "
+        "range-test` first or set a number)"
+    )
