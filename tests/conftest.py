@@ -61,5 +61,6 @@ def trained_project(real_split: Path, tmp_path: Path, monkeypatch: pytest.Monkey
     shutil.copytree(real_split / "data" / "split", tmp_path / "data" / "split")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_ROOT", raising=False)
     return tmp_path

@@ -6,7 +6,11 @@ for every stage of one execution. Under `mlflow run` the run MLflow started ($ML
 the parent. Runs are driven through `MlflowClient` with explicit ids, so nothing depends on the
 fluent API's notion of an active run (`mlflow run` + `set_experiment` = mlflow#2735).
 
-A stage that raises ends its run FAILED (KILLED on Ctrl-C) with the error as a tag.
+Where runs go: $MLFLOW_TRACKING_URI, when set, overrides `tracking.uri`. `mlflow run` (and its
+Kubernetes backend) sets it to the store holding the run it started, so the stage's child run
+lands next to its parent; that parent's experiment wins over `tracking.experiment`.
+
+A stage that raises ends its run FAILED (KILLED on Ctrl-C or SIGTERM) with the error as a tag.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -45,6 +51,11 @@ def project_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
 
 
+def store_uri(configured: str, environ: Mapping[str, str] = os.environ) -> str:
+    """$MLFLOW_TRACKING_URI when set and not empty, else `tracking.uri`; made absolute."""
+    return resolve_uri(environ.get("MLFLOW_TRACKING_URI") or configured)
+
+
 def resolve_uri(uri: str) -> str:
     """Make a relative `sqlite:///file.db` absolute against the project root."""
     prefix = "sqlite:///"
@@ -54,9 +65,13 @@ def resolve_uri(uri: str) -> str:
 
 
 def git_commit() -> str:
-    done = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=project_root()
-    )
+    """HEAD's commit, or "unknown" outside a git checkout or without git (as in the image)."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=project_root()
+        )
+    except OSError:
+        return "unknown"
     return done.stdout.strip() if done.returncode == 0 else "unknown"
 
 
@@ -106,6 +121,10 @@ class StageRun:
         if self.active:
             self.client.log_dict(self.run_id, dict(data), name)
 
+    def set_tag(self, key: str, value: str) -> None:
+        if self.active:
+            self.client.set_tag(self.run_id, key, value)
+
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
@@ -120,41 +139,74 @@ def stage_run(cfg: DictConfig, stage: str) -> Iterator[StageRun]:
     if not params.enabled:
         yield StageRun(None, None)
         return
-    uri = resolve_uri(params.uri)
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
-    parent_id = os.environ.pop("MLFLOW_RUN_ID", None)
-    if parent_id:
-        experiment_id = client.get_run(parent_id).info.experiment_id
-    else:
-        experiment_id = _experiment_id(client, params.experiment)
-        parent_id = _pipeline_parent(client, experiment_id)
-    tags = {
-        MLFLOW_PARENT_RUN_ID: parent_id,
-        MLFLOW_RUN_NAME: stage,
-        STAGE_TAG: stage,
-        "mlflow.source.git.commit": git_commit(),
-        "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
-    }
-    run_id = client.create_run(experiment_id, tags=tags).info.run_id
-    mlflow.start_run(run_id=run_id)
+    with _environment_kept("MLFLOW_TRACKING_URI"):  # set_tracking_uri exports it
+        uri = store_uri(params.uri)
+        mlflow.set_tracking_uri(uri)
+        client = MlflowClient(uri)
+        parent_id = os.environ.pop("MLFLOW_RUN_ID", None)
+        if parent_id:
+            experiment_id = client.get_run(parent_id).info.experiment_id
+        else:
+            experiment_id = _experiment_id(client, params.experiment)
+            parent_id = _pipeline_parent(client, experiment_id)
+        tags = {
+            MLFLOW_PARENT_RUN_ID: parent_id,
+            MLFLOW_RUN_NAME: stage,
+            STAGE_TAG: stage,
+            "mlflow.source.git.commit": git_commit(),
+            "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        }
+        run_id = client.create_run(experiment_id, tags=tags).info.run_id
+        mlflow.start_run(run_id=run_id)
+        try:
+            flat = flatten(OmegaConf.to_container(cfg, resolve=True))
+            items = [Param(k, v[:6000]) for k, v in flat.items()]
+            for start in range(0, len(items), 100):
+                client.log_batch(run_id, params=items[start : start + 100])
+            yield StageRun(client, run_id)
+        except KeyboardInterrupt:
+            with _signals_ignored():
+                client.set_tag(run_id, ERROR_TAG, "interrupted")
+                mlflow.end_run("KILLED")
+                client.set_terminated(parent_id, "KILLED")
+            raise
+        except BaseException as err:
+            message = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            with _signals_ignored():
+                client.set_tag(run_id, ERROR_TAG, message[:5000])
+                mlflow.end_run("FAILED")
+                client.set_terminated(parent_id, "FAILED")
+            raise
+        mlflow.end_run("FINISHED")
+
+
+@contextlib.contextmanager
+def _environment_kept(name: str) -> Iterator[None]:
+    """Restore environment variable `name` afterwards: `mlflow.set_tracking_uri` exports
+    $MLFLOW_TRACKING_URI, which would otherwise override the next stage's `tracking.uri`."""
+    before = os.environ.get(name)
     try:
-        flat = flatten(OmegaConf.to_container(cfg, resolve=True))
-        items = [Param(k, v[:6000]) for k, v in flat.items()]
-        for start in range(0, len(items), 100):
-            client.log_batch(run_id, params=items[start : start + 100])
-        yield StageRun(client, run_id)
-    except KeyboardInterrupt:
-        client.set_tag(run_id, ERROR_TAG, "interrupted")
-        mlflow.end_run("KILLED")
-        raise
-    except BaseException as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-        client.set_tag(run_id, ERROR_TAG, message[:5000])
-        mlflow.end_run("FAILED")
-        client.set_terminated(parent_id, "FAILED")
-        raise
-    mlflow.end_run("FINISHED")
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """Ignore SIGINT/SIGTERM while a run is being ended, so a second Ctrl-C (or the SIGTERM a
+    CI runner or `mlflow run` sends after it) cannot leave the run RUNNING."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:
