@@ -94,7 +94,8 @@ def test_clr_trains_within_the_bounds_found(trained_project):
         [
             "schedule.initial_learning_rate=null",
             "schedule.maximal_learning_rate=null",
-            "train.clr.epochs=4",  # one full cycle at step_size_epochs: 2
+            "schedule.step_size_epochs=2",
+            "train.clr.epochs=4",  # one full cycle
         ]
     )
     train.run(cfg, "clr")

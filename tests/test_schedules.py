@@ -271,13 +271,19 @@ def _yaml(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(CONF / "schedule" / f"{name}.yaml"))
 
 
-def test_default_reproduces_the_article_with_the_correct_iteration_count():
-    article_bounds = (1e-4, 1e-2)
+def test_default_takes_range_test_bounds_and_whole_cycles():
     with pytest.raises(ClrpipeError, match=r"^schedule\.initial_learning_rate"):
         build_schedule(_yaml("triangular"), train_rows=56_000, batch_size=350)
-    s = build_schedule(
-        _yaml("triangular"), train_rows=56_000, batch_size=350, bounds=article_bounds
-    )
+    s = build_schedule(_yaml("triangular"), train_rows=56_000, batch_size=350, bounds=(0.1, 0.4))
+    assert (s.initial_learning_rate, s.maximal_learning_rate) == (0.1, 0.4)
+    assert s.step_size == 5 * 160  # 50 epochs = 5 whole cycles, ending at base_lr
+    partial = build_schedule(_yaml("triangular"), train_rows=56_001, batch_size=350,
+                             bounds=(0.1, 0.4))
+    assert partial.step_size == 5 * 161
+
+
+def test_article_option_reproduces_the_article_with_the_correct_iteration_count():
+    s = build_schedule(_yaml("article"), train_rows=56_000, batch_size=350)
     assert isinstance(s, CyclicalLearningRate)
     assert s.get_config() | {"name": None} == {
         "initial_learning_rate": 1e-4,
@@ -289,16 +295,11 @@ def test_default_reproduces_the_article_with_the_correct_iteration_count():
         "name": None,
     }
     article = build_schedule(
-        _yaml("triangular") | {"iterations_rows": 70_000},
-        train_rows=56_000,
-        batch_size=350,
-        bounds=article_bounds,
+        _yaml("article") | {"iterations_rows": 70_000}, train_rows=56_000, batch_size=350
     )
     assert article.step_size == 400
-    partial = build_schedule(
-        _yaml("triangular"), train_rows=56_001, batch_size=350, bounds=article_bounds
-    )
-    assert partial.step_size == 2 * 161
+    tfa = build_schedule(_yaml("tfa_triangular"), train_rows=56_000, batch_size=350)
+    assert tfa.get_config() == s.get_config()
 
 
 def test_step_size_in_steps_and_bounds_from_the_range_test():
