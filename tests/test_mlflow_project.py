@@ -163,6 +163,7 @@ PARAMS_KEYS = {
     "range_test": {"seeds": "range_test.seeds", "num_steps": "range_test.num_steps"},
     "split": {"seed": "split.seed", "test_size": "split.test_size"},
     "prepare": {"raw": "data.raw"},
+    "compare": {"seeds": "compare.seeds"},
 }
 
 
@@ -195,7 +196,9 @@ def test_mlproject_entry_points_pass_hydra_overrides():
     project = load_project(str(REPO))
     assert project.env_type == "python_env"
     assert Path(project.env_config_path) == REPO / "python_env.yaml"
-    assert set(project._entry_points) == {"main", "prepare", "split", "range_test", "train"}
+    assert set(project._entry_points) == {
+        "main", "prepare", "split", "range_test", "train", "compare"
+    }
     for entry in project._entry_points.values():
         assert entry.parameters["overrides"].default == ""
         assert {p.type for p in entry.parameters.values()} <= {"string", "float"}
