@@ -18,11 +18,16 @@ def readme_commands() -> list[str]:
     return [line.strip() for line in lines[:4] if line.startswith("    ")]
 
 
-def test_readme_starts_with_two_commands_and_ci_runs_the_second():
+def test_readme_starts_with_two_commands_and_ci_runs_the_second_then_the_gate():
     setup_and_run, setup_and_test = readme_commands()
     assert setup_and_run.endswith("dvc repro")
     assert setup_and_test.endswith("pytest")
-    assert setup_and_test in (REPO / ".ci" / "run").read_text().splitlines()
+    commands = [
+        line for line in (REPO / ".ci" / "run").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert commands[-2:] == [setup_and_test, "python3 -m uv run --frozen python ci/pipeline.py"]
+    assert (REPO / "ci" / "pipeline.py").is_file() and (REPO / "ci" / "reference.json").is_file()
 
 
 def test_params_yaml_is_conf_composed(monkeypatch):
