@@ -273,7 +273,10 @@ def dvc_metrics_diff(rev: str) -> dict:
         reason = lines[-1].removeprefix("ERROR: ") if lines else f"exit code {done.returncode}"
         raise ClrpipeError(f"--against {rev}: dvc metrics diff failed: {reason}")
     text = done.stdout.strip()
-    return json.loads(text) if text else {}
+    try:
+        return json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        raise ClrpipeError(f"--against {rev}: dvc metrics diff printed no JSON") from None
 
 
 def run(

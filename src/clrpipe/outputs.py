@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,8 +27,24 @@ def atomic_outputs(*targets: str | os.PathLike) -> Iterator[list[Path]]:
             os.close(fd)
             temps.append(Path(name))
         yield temps
-        for temp, final in zip(temps, finals, strict=True):
-            os.replace(temp, final)
+        with uninterruptible():
+            for temp, final in zip(temps, finals, strict=True):
+                os.replace(temp, final)
     finally:
         for temp in temps:
             temp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def uninterruptible() -> Iterator[None]:
+    """Ignore SIGINT/SIGTERM for a short critical step (moving outputs into place, ending an
+    MLflow run), so a signal cannot leave half the outputs written or a run RUNNING."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

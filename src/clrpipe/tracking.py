@@ -18,9 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -32,6 +30,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig, OmegaConf
 
 from clrpipe.config import PARAMS_FILE, Section
+from clrpipe.outputs import uninterruptible
 
 PIPELINE_TAG = "clrpipe.pipeline"
 STAGE_TAG = "clrpipe.stage"
@@ -144,6 +143,7 @@ def stage_run(cfg: DictConfig, stage: str) -> Iterator[StageRun]:
         mlflow.set_tracking_uri(uri)
         client = MlflowClient(uri)
         parent_id = os.environ.pop("MLFLOW_RUN_ID", None)
+        launched = parent_id is not None  # by `mlflow run`, which sets its own run's status
         if parent_id:
             experiment_id = client.get_run(parent_id).info.experiment_id
         else:
@@ -165,19 +165,22 @@ def stage_run(cfg: DictConfig, stage: str) -> Iterator[StageRun]:
                 client.log_batch(run_id, params=items[start : start + 100])
             yield StageRun(client, run_id)
         except KeyboardInterrupt:
-            with _signals_ignored():
+            with uninterruptible():
                 client.set_tag(run_id, ERROR_TAG, "interrupted")
                 mlflow.end_run("KILLED")
                 client.set_terminated(parent_id, "KILLED")
             raise
         except BaseException as err:
             message = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-            with _signals_ignored():
+            with uninterruptible():
                 client.set_tag(run_id, ERROR_TAG, message[:5000])
                 mlflow.end_run("FAILED")
                 client.set_terminated(parent_id, "FAILED")
             raise
-        mlflow.end_run("FINISHED")
+        with uninterruptible():
+            mlflow.end_run("FINISHED")
+            if not launched:  # a shared pipeline parent an earlier failure left FAILED/KILLED
+                client.set_terminated(parent_id, "FINISHED")
 
 
 @contextlib.contextmanager
@@ -192,21 +195,6 @@ def _environment_kept(name: str) -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = before
-
-
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """Ignore SIGINT/SIGTERM while a run is being ended, so a second Ctrl-C (or the SIGTERM a
-    CI runner or `mlflow run` sends after it) cannot leave the run RUNNING."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:

@@ -14,7 +14,8 @@ concurrent writers ("database is locked"), and trials on a cluster need no acces
 (a file path on the driver's machine, or a server). The price: a trial's curves appear when
 it ends, not epoch by epoch (a trial takes seconds). A trial that fails gets a FAILED child run
 with its error, the remaining tasks are cancelled and the compare run ends FAILED, with no
-output files written; trials that had already ended keep their FINISHED (complete) child runs.
+output files written; trials that had already ended keep their complete child runs, marked
+FAILED (KILLED on an interrupt) with the reason as a tag, so no run outlives a failure FINISHED.
 
 Outputs, all or none: `metrics/compare.json` (per-method summary), `reports/compare.md` (the
 table), `plots/compare/trials.csv` (one row per trial) and `plots/compare/{test_accuracy,
@@ -292,6 +293,20 @@ def _run_trials(ray, tracked, methods, hgb, seeds, model_params, train_params, s
         if hgb is not None:
             pending[boosting.remote(hgb, seed, split_ref)] = (HGB, seed)
     children = _Children(tracked)
+    try:
+        return _collect(pending, children, methods, hgb, target)
+    except KeyboardInterrupt:
+        children.revoke("KILLED", "interrupted")
+        raise
+    except BaseException as err:
+        children.revoke("FAILED", f"the compare run failed: {_first_line(err)}")
+        raise
+
+
+def _collect(pending, children, methods, hgb, target):
+    """Wait for the trials one by one, logging each as it ends; cancel the rest on a failure."""
+    import ray
+
     outcomes, lr_curves = [], {}
     while pending:
         (ref,), _ = ray.wait(list(pending), num_returns=1)
@@ -329,6 +344,14 @@ class _Children:
         self.experiment = (
             self.client.get_run(self.parent).info.experiment_id if tracked.active else None
         )
+        self.finished_ids: list[str] = []
+
+    def revoke(self, status: str, message: str) -> None:
+        """The compare run did not finish: neither do the trials that had (no FINISHED child
+        under a FAILED/KILLED compare run)."""
+        for run_id in self.finished_ids:
+            self.client.set_tag(run_id, tracking.ERROR_TAG, message[:5000])
+            self.client.set_terminated(run_id, status)
 
     def _create(self, name: str, seed: int, start_ms: int | None = None) -> str:
         tags = {
@@ -394,6 +417,7 @@ class _Children:
         for start in range(0, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
         self.client.set_terminated(run_id, "FINISHED", end_time=end_ms)
+        self.finished_ids.append(run_id)
 
 
 def _report(params, methods, summaries, seeds, seconds) -> dict:
