@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import tempfile
 import threading
@@ -229,6 +230,10 @@ def outcome_of(name: str, seed: int, out: dict) -> compare.TrialOutcome:
 
 def _start_ray(params: RayParams):
     """Connect to `address`, or start an embedded local Ray; returns the module."""
+    # Under `uv run`, Ray would start each worker with `uv run` inside a packaged copy of the
+    # working directory, which holds no project, so workers lacked `ray` and never registered
+    # (seen on a fresh clone). Workers use this interpreter instead. Read when Ray is imported.
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     import ray
 
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
