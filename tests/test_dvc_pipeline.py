@@ -163,6 +163,9 @@ def build(root: Path, cardio_csv: Path, site_cache: Path) -> Pipeline:
         shutil.copytree(REPO / folder, root / folder, ignore=skip)
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO / name, root / name)
+    (root / "legacy").mkdir()
+    for name in ("tfa_train.py", "tfa_common.py", "uv.lock"):  # train_clr's tfa-bridge deps
+        shutil.copy(REPO / "legacy" / name, root / "legacy" / name)
     (root / "data" / "raw").mkdir(parents=True)
     shutil.copy(cardio_csv, root / "data" / "raw" / "cardio_train.csv")
 
