@@ -15,12 +15,9 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,12 +146,6 @@ def runs_by_tag(client: MlflowClient, tag: str, value: str) -> list:
     return all_runs(client, f"tags.`{tag}` = '{value}'")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def build(root: Path, cardio_csv: Path, site_cache: Path) -> Pipeline:
     """A git + DVC repo of the project in `root` with the small configuration, after one
     `dvc repro`, committed (params.yaml, dvc.lock, metrics and plots)."""
@@ -207,43 +198,6 @@ def pipeline(tmp_path_factory, cardio_csv) -> Pipeline:
     return build(
         tmp_path_factory.mktemp("dvc_repo"), cardio_csv, tmp_path_factory.mktemp("dvc_site")
     )
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real `mlflow server` on a free 127.0.0.1 port: SQLite backend, artifacts in tmp."""
-    port = free_port()
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(
-        [
-            BIN / "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination", str(tmp_path / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        ],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
-                if reply.status == 200:
-                    break
-        except OSError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            os.killpg(server.pid, signal.SIGKILL)
-            pytest.fail(f"mlflow server did not start:\n{(tmp_path / 'server.log').read_text()}")
-        time.sleep(1)
-    yield url
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-    log.close()
 
 
 def test_repro_builds_every_stage_and_tracks_it(pipeline):

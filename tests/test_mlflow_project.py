@@ -10,12 +10,8 @@ import os
 import re
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -39,12 +35,6 @@ PINNED = "schedule.initial_learning_rate=1e-4 schedule.maximal_learning_rate=1e-
 TIMING_METRICS = {"epoch_seconds", "epoch_seconds_median", "train_seconds"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def child_env(**extra: str) -> dict[str, str]:
     """The environment of a user's shell in the project: clrpipe on PATH, no MLflow run."""
     env = {
@@ -54,46 +44,6 @@ def child_env(**extra: str) -> dict[str, str]:
     }
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     return {**env, **extra}
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory) -> str:
-    """A real `mlflow server`: SQLite backend, proxied artifact store, a free 127.0.0.1 port."""
-    root = tmp_path_factory.mktemp("mlflow_server")
-    url = f"http://127.0.0.1:{free_port()}"
-    log = (root / "server.log").open("w")
-    server = subprocess.Popen(
-        [
-            str(BIN / "mlflow"), "server",
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination", str(root / "artifacts"),
-            "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1], "--workers", "1",
-        ],
-        cwd=root, stdout=log, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while not _healthy(url):
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 @pytest.fixture
