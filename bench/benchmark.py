@@ -45,11 +45,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
-from sklearn.model_selection import train_test_split
 
-from clrpipe import config, data, training
+from clrpipe import config, training
 from clrpipe.model import ModelParams, build_model
-from clrpipe.stages.train import TrainParams, arrays, load_split
+from clrpipe.stages.train import TrainParams, load_split, split_arrays
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from worktree import RUN_ENV, copy_worktree, tool_env
@@ -92,15 +91,8 @@ def fit_arrays(project: Path) -> tuple[np.ndarray, np.ndarray, ModelParams, Trai
     cfg = config.load(params_file=project / "params.yaml", conf_dir=project / "conf")
     params = config.section(cfg, "train", TrainParams)
     split_dir = project / config.section_node(cfg, "split").dir
-    train_frame, _ = load_split(split_dir)
-    fit_frame, _ = train_test_split(
-        train_frame,
-        test_size=params.validation_fraction,
-        random_state=params.seed,
-        stratify=train_frame[data.TARGET],
-    )
-    x, y = arrays(fit_frame)
-    return x, y, config.section(cfg, "model", ModelParams), params
+    split = split_arrays(*load_split(split_dir), params)
+    return split.x, split.y, config.section(cfg, "model", ModelParams), params
 
 
 def time_epochs(

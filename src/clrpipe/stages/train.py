@@ -181,17 +181,14 @@ def range_test_bounds() -> tuple[float, float] | None:
     return float(found["base_lr"]), float(found["max_lr"])
 
 
-def make_schedule(cfg: DictConfig, variant: str, run: RunParams, train_rows: int):
-    """The variant's schedule: the baseline's constant LR, or the `schedule:` section for CLR."""
+def variant_schedule(cfg: DictConfig, variant: str, run: RunParams) -> dict:
+    """The variant's `schedule:`-style mapping: the baseline's constant LR, or the `schedule:`
+    section for CLR."""
     if variant == "baseline":
         if run.learning_rate is None:
             raise ClrpipeError("params.yaml: train.baseline.learning_rate: required, got null")
-        section = {"policy": "constant", "learning_rate": run.learning_rate}
-    else:
-        section = OmegaConf.to_container(config.section_node(cfg, "schedule"), resolve=True)
-    return section, schedules.build_schedule(
-        section, train_rows, run.batch_size, bounds=range_test_bounds(), epochs=run.epochs
-    )
+        return {"policy": "constant", "learning_rate": run.learning_rate}
+    return OmegaConf.to_container(config.section_node(cfg, "schedule"), resolve=True)
 
 
 def run(cfg: DictConfig, variant: str) -> dict:
@@ -205,7 +202,11 @@ def run(cfg: DictConfig, variant: str) -> dict:
     split_dir = config.section(cfg, "split", SplitParams).dir
     train_frame, test_frame = load_split(split_dir)
     split = split_arrays(train_frame, test_frame, params)
-    schedule_section, _ = make_schedule(cfg, variant, run_params, len(split.x))
+    schedule_section = variant_schedule(cfg, variant, run_params)
+    bounds = range_test_bounds()
+    # Built here only to check it: a bad `schedule:` fails before an MLflow run is opened.
+    schedules.build_schedule(schedule_section, len(split.x), run_params.batch_size,
+                             bounds=bounds, epochs=run_params.epochs)
     if schedule_section.get("backend") == "tfa":
         legacy.legacy_dir(tracking.project_root())  # fail before training when it is missing
 
@@ -216,7 +217,7 @@ def run(cfg: DictConfig, variant: str) -> dict:
         trial = train_trial(
             model_params, params, schedule_section, epochs=run_params.epochs,
             batch_size=run_params.batch_size, seed=params.seed, split=split,
-            bounds=range_test_bounds(), on_epoch=on_epoch,
+            bounds=bounds, on_epoch=on_epoch,
         )
         model, history, test, seconds = trial.model, trial.history, trial.test, trial.seconds
         metrics = {
