@@ -464,8 +464,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="repeats of every measurement")
     parser.add_argument("--quick", action="store_true",
                         help="only the epoch ratio (clrpipe's setting) and the range-test stage")
-    parser.add_argument("--tracking-epochs", type=int, default=5,
-                        help="epochs of the train stage timed with tracking on/off")
+    parser.add_argument("--tracking-epochs", type=int,
+                        help="epochs of both train stages timed with tracking on/off "
+                             "(default: the project's)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--tf-threads", type=int, help="limit TensorFlow to this many threads")
     parser.add_argument("--epoch-only", action="store_true", help=argparse.SUPPRESS)
@@ -498,12 +499,12 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.quick:
             results["range_test"]["process_s"] = range_test_process(project, workdir)
             log("tracking overhead ...")
+            own = config.load(params_file=project / "params.yaml").train
             results["tracking"] = measure_tracking(
-                project, workdir, repeats, args.tracking_epochs
+                project, workdir, repeats, args.tracking_epochs or own.baseline.epochs
             )
-            clr_epochs = config.load(params_file=project / "params.yaml").train.clr.epochs
             results["tracking_full"] = measure_tracking(
-                project, workdir, repeats, clr_epochs, variant="clr"
+                project, workdir, repeats, args.tracking_epochs or own.clr.epochs, variant="clr"
             )
     if not args.quick:
         log("dvc repro vs article script ...")

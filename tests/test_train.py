@@ -86,8 +86,12 @@ def test_clr_run_is_tracked_completely(clr_run):
 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert artifacts == {"plots/curves.png", "plots/lr.png"}
-    inputs = {d.dataset.name for d in run.inputs.dataset_inputs}
-    assert inputs == {"cardio_training", "cardio_testing"}
+    inputs = {d.dataset.name: d.dataset for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"cardio_training", "cardio_testing"}
+    for name, frame in (("training", "train"), ("testing", "test")):
+        full = mlflow.data.from_pandas(pd.read_parquet(f"data/split/{frame}.parquet"))
+        assert inputs[f"cardio_{name}"].schema == full.to_dict()["schema"]  # all rows inferred
+        assert inputs[f"cardio_{name}"].digest == full.digest
 
     mlflow.set_tracking_uri(f"sqlite:///{clr_run / 'mlflow.db'}")
     (logged,) = mlflow.search_logged_models(

@@ -5,15 +5,19 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 from clrpipe.training import History
 
 
-def training_figures(history: History, title: str) -> dict[str, plt.Figure]:
-    """`curves`: loss and accuracy per epoch (train and validation); `lr`: LR per step."""
+def training_figures(history: History, title: str) -> dict[str, Figure]:
+    """`curves`: loss and accuracy per epoch (train and validation); `lr`: LR per step.
+
+    Plain `Figure`s with a constrained layout: nothing is kept in pyplot's registry, and a
+    `savefig` draws once (no `bbox_inches="tight"` second pass)."""
     epochs = range(1, len(history.epoch_seconds) + 1)
-    curves, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    curves = Figure(figsize=(10, 3.8), layout="constrained")
+    loss_ax, acc_ax = curves.subplots(1, 2)
     for metric, ax in (("loss", loss_ax), ("accuracy", acc_ax)):
         ax.plot(epochs, history.epochs[metric], label="train")
         if f"val_{metric}" in history.epochs:
@@ -21,7 +25,8 @@ def training_figures(history: History, title: str) -> dict[str, plt.Figure]:
         ax.set(xlabel="epoch", ylabel=metric, title=f"{title}: {metric}")
         ax.grid(alpha=0.3)
         ax.legend()
-    lr, ax = plt.subplots(figsize=(8, 3.2))
+    lr = Figure(figsize=(8, 3.2), layout="constrained")
+    ax = lr.subplots()
     ax.plot(history.lr_steps, history.lr_values)
     ax.set(xlabel="optimizer step", ylabel="learning rate", title=f"{title}: learning rate")
     ax.grid(alpha=0.3)

@@ -92,18 +92,31 @@ class StageRun:
     def __init__(self, client: MlflowClient | None, run_id: str | None):
         self.client = client
         self.run_id = run_id
+        self._queued: list = []
 
     @property
     def active(self) -> bool:
         return self.client is not None
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+    def log_metrics(
+        self, metrics: Mapping[str, float], step: int | None = None, *, queued: bool = False
+    ) -> None:
+        """Log now, or with `queued` hand the write to MLflow's logging thread (per-epoch
+        metrics while training: a store write each epoch would otherwise hold up the next);
+        `flush` waits for queued writes, and `stage_run` flushes before it ends the run."""
         if self.active:
             now = _now_ms()
-            self.client.log_batch(
+            operation = self.client.log_batch(
                 self.run_id,
                 metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()],
+                synchronous=not queued,
             )
+            if queued:
+                self._queued.append(operation)
+
+    def flush(self) -> None:
+        while self._queued:
+            self._queued.pop(0).wait()
 
     def log_series(self, key: str, steps: list[int], values: list[float]) -> None:
         if self.active:
@@ -115,6 +128,10 @@ class StageRun:
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         if self.active:
             self.client.log_artifact(self.run_id, str(path), folder)
+
+    def log_artifacts(self, folder: Path, into: str | None = None) -> None:
+        if self.active:
+            self.client.log_artifacts(self.run_id, str(folder), into)
 
     def log_dict(self, data: Mapping, name: str) -> None:
         if self.active:
@@ -158,14 +175,17 @@ def stage_run(cfg: DictConfig, stage: str) -> Iterator[StageRun]:
         }
         run_id = client.create_run(experiment_id, tags=tags).info.run_id
         mlflow.start_run(run_id=run_id)
+        tracked = StageRun(client, run_id)
         try:
             flat = flatten(OmegaConf.to_container(cfg, resolve=True))
             items = [Param(k, v[:6000]) for k, v in flat.items()]
             for start in range(0, len(items), 100):
                 client.log_batch(run_id, params=items[start : start + 100])
-            yield StageRun(client, run_id)
+            yield tracked
+            tracked.flush()
         except KeyboardInterrupt:
             with uninterruptible():
+                _flush_quietly(tracked)
                 client.set_tag(run_id, ERROR_TAG, "interrupted")
                 mlflow.end_run("KILLED")
                 client.set_terminated(parent_id, "KILLED")
@@ -173,6 +193,7 @@ def stage_run(cfg: DictConfig, stage: str) -> Iterator[StageRun]:
         except BaseException as err:
             message = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
             with uninterruptible():
+                _flush_quietly(tracked)
                 client.set_tag(run_id, ERROR_TAG, message[:5000])
                 mlflow.end_run("FAILED")
                 client.set_terminated(parent_id, "FAILED")
@@ -181,6 +202,12 @@ def stage_run(cfg: DictConfig, stage: str) -> Iterator[StageRun]:
             mlflow.end_run("FINISHED")
             if not launched:  # a shared pipeline parent an earlier failure left FAILED/KILLED
                 client.set_terminated(parent_id, "FINISHED")
+
+
+def _flush_quietly(tracked: StageRun) -> None:
+    """Finish queued writes before a failed run is ended, without masking the failure."""
+    with contextlib.suppress(Exception):
+        tracked.flush()
 
 
 @contextlib.contextmanager

@@ -212,7 +212,7 @@ def run(cfg: DictConfig, variant: str) -> dict:
 
     with tracking.stage_run(cfg, stage) as tracked:
         def on_epoch(epoch, logs, seconds):
-            tracked.log_metrics({**logs, "epoch_seconds": seconds}, step=epoch)
+            tracked.log_metrics({**logs, "epoch_seconds": seconds}, step=epoch, queued=True)
 
         trial = train_trial(
             model_params, params, schedule_section, epochs=run_params.epochs,
@@ -267,16 +267,26 @@ def _log_model_and_plots(tracked, model, x, train_frame, test_frame, history, st
     from mlflow.models import infer_signature
 
     example = x[:5]
-    signature = infer_signature(example, model.predict(example, verbose=0))
+    signature = infer_signature(example, keras.ops.convert_to_numpy(model(example)))
     mlflow.keras.log_model(model, name="model", signature=signature)
     tracked.log_dict(
         {"columns": list(data.FEATURES), "data": example.tolist()}, "model/input_example.json"
     )
     for frame, context in ((train_frame, "training"), (test_frame, "testing")):
-        dataset = mlflow.data.from_pandas(frame, targets=data.TARGET, name=f"cardio_{context}")
-        mlflow.log_input(dataset, context=context)
+        mlflow.log_input(_dataset(frame, f"cardio_{context}"), context=context)
     with tempfile.TemporaryDirectory() as folder:
         for name, figure in plots.training_figures(history, stage).items():
-            path = Path(folder) / f"{name}.png"
-            figure.savefig(path, dpi=110, bbox_inches="tight")
-            tracked.log_artifact(path, "plots")
+            figure.savefig(Path(folder) / f"{name}.png", dpi=110)
+        tracked.log_artifacts(Path(folder), "plots")
+
+
+def _dataset(frame: pd.DataFrame, name: str):
+    """`mlflow.data.from_pandas`, with its schema inferred from the first rows when no value is
+    missing: MLflow tests every value in Python to mark columns required (0.4 s for the training
+    split), and with nothing missing the first rows give the same schema."""
+    from mlflow.models import infer_signature
+
+    dataset = mlflow.data.from_pandas(frame, targets=data.TARGET, name=name)
+    if not frame.isna().to_numpy().any():
+        dataset.schema = infer_signature(frame.head(100)).inputs
+    return dataset
