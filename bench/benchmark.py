@@ -204,11 +204,8 @@ def measure_epoch_one_thread(project: Path, repeats: int, plain_min: float) -> d
     plain fit, `identical` against the child's own plain fit."""
     with tempfile.TemporaryDirectory(prefix="clrpipe-epoch-") as folder:
         out = Path(folder) / "epoch.json"
-        subprocess.run(
-            [sys.executable, __file__, "--epoch-only", "--tf-threads", "1", "--project",
-             str(project), "--repeats", str(repeats), "--json", str(out)],
-            check=True, capture_output=True,
-        )
+        run_command([sys.executable, __file__, "--epoch-only", "--tf-threads", "1", "--project",
+                     str(project), "--repeats", str(repeats), "--json", str(out)], project)
         child = json.loads(out.read_text())["epoch"]["variants"]
     variants = {}
     for name, entry in child.items():

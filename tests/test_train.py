@@ -149,3 +149,12 @@ def test_unknown_activation_is_refused_naming_the_key(trained_project):
     assert result.stderr.strip().splitlines()[-1] == (
         "error: params.yaml: model.activation: expected a Keras activation name, got 'relux'"
     )
+
+
+def test_reshuffle_with_the_tfa_backend_is_refused_naming_the_key(trained_project):
+    result = train("clr", *PINNED, "schedule.backend=tfa", "train.reshuffle=true")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: train.reshuffle: true is not supported with schedule.backend: tfa"
+    )
+    assert not Path("models").exists()

@@ -87,6 +87,22 @@ def test_epoch_orders_are_one_permutation_repeated_under_a_global_seed(data):
     assert list(next(iter(training.epoch_orders(50))).numpy()) != list(first)
 
 
+def test_reshuffle_leaves_keras_order_and_is_reproducible(data):
+    x, y, _, _ = data
+
+    def weights_after(epochs, reshuffle_seed):
+        model = build_model(PARAMS, x.shape[1], seed=7)
+        training.compile_model(model, keras.optimizers.SGD(0.05), steps_per_execution=8)
+        training.fit(model, x, y, epochs=epochs, batch_size=32, reshuffle_seed=reshuffle_seed)
+        return model.get_weights()
+
+    keras_order = weights_after(2, None)
+    reshuffled = weights_after(2, 11)
+    assert any(not np.array_equal(a, b) for a, b in zip(keras_order, reshuffled, strict=True))
+    for again, first in zip(weights_after(2, 11), reshuffled, strict=True):
+        np.testing.assert_array_equal(again, first)
+
+
 def test_divergence_stops_with_an_error_naming_the_step_and_the_keys(data):
     x, y, _, _ = data
     model = build_model(PARAMS, x.shape[1], seed=7)

@@ -92,6 +92,7 @@ def fit(
     batch_size: int,
     validation: tuple[np.ndarray, np.ndarray] | None = None,
     on_epoch: OnEpoch | None = None,
+    reshuffle_seed: int | None = None,
 ) -> History:
     """Train a compiled model as `model.fit(x, y, batch_size, epochs, shuffle=True,
     validation_data=validation)` would, `model.steps_per_execution` batches per compiled call.
@@ -99,6 +100,8 @@ def fit(
     After every call the LR the optimizer applies at its next step (`iterations`) is recorded
     with that step, and a non-finite loss stops training with an error. `on_epoch(epoch, logs,
     seconds)` is called after each epoch, with the validation metrics (`val_*`) in `logs`.
+    With `reshuffle_seed`, every epoch gets a new row order drawn from that seed instead of
+    Keras's (one order repeated under a global seed, see `epoch_orders`).
     """
     history = History()
     optimizer = model.optimizer
@@ -107,10 +110,14 @@ def fit(
     per_call = int(model.steps_per_execution)
     run = _batch_runner(model, x, y, batch_size)
     orders = epoch_orders(len(x))
+    reshuffled = np.random.default_rng(reshuffle_seed)
     for epoch in range(epochs):
         started = time.perf_counter()
         model.reset_metrics()
-        order = next(iter(orders))
+        if reshuffle_seed is None:
+            order = next(iter(orders))
+        else:
+            order = tf.constant(reshuffled.permutation(len(x)))
         for first in range(0, steps, per_call):
             logs = run(order, tf.constant(first), tf.constant(min(first + per_call, steps)))
             _record_lr(history, optimizer)

@@ -395,7 +395,7 @@ class _Children:
             "test_accuracy": outcome.test_accuracy,
             "test_loss": outcome.test_loss,
             "final_loss": outcome.final_loss,
-            "train_seconds": out["seconds"],
+            "train_seconds": sum(outcome.epoch_seconds),  # as in trials.csv and the summary
             "reached_target": float(epoch is not None),
         }
         if epoch is not None:

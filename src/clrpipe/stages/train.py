@@ -53,6 +53,7 @@ class TrainParams(config.Section):
     validation_fraction: float = Field(gt=0, lt=1)
     steps_per_execution: int = Field(gt=0)
     jit_compile: bool
+    reshuffle: bool = False
     baseline: RunParams
     clr: RunParams
 
@@ -128,6 +129,9 @@ def train_trial(
     )
     model = build_model(model_params, split.x.shape[1], seed)
     if schedule_section.get("backend") == "tfa":
+        if params.reshuffle:
+            raise ClrpipeError("train.reshuffle: true is not supported with schedule.backend: "
+                               "tfa (tfa trains with Keras 2's own shuffle); set it to false")
         return _tfa_trial(model, schedule, model_params, params, epochs=epochs,
                           batch_size=batch_size, seed=seed, split=split, on_epoch=on_epoch)
     optimizer = schedules.build_sgd(schedule, schedule_section)
@@ -138,6 +142,7 @@ def train_trial(
     history = training.fit(
         model, split.x, split.y, epochs=epochs, batch_size=batch_size,
         validation=(split.x_val, split.y_val), on_epoch=on_epoch,
+        reshuffle_seed=seed if params.reshuffle else None,
     )
     seconds = time.perf_counter() - started
     test = training.evaluate(model, split.x_test, split.y_test)
