@@ -6,11 +6,12 @@ data.npz holds x and y, and optionally x_val/y_val (per-epoch validation) and x_
 (a final evaluation). weights.npz holds the initial weights in `model.get_weights()` order
 (arr_0, arr_1, ...). runs.json is a list of runs ('-': stdin), each
 {"schedule": <clrpipe CyclicalLearningRate config>, "units": [16, 8], "epochs": 2,
- "batch_size": 350} plus optional keys "activation" ("relu"), "momentum" (0.0), "shuffle"
-(false: batches in file order, as the parity test needs), "seed" (0) and "weights_out" (a path
-for the final weights, saved like weights.npz). Each run rebuilds the model (Dense layers of
-`units`, then one sigmoid unit), sets the weights, and fits with SGD, binary cross-entropy and
-accuracy. Output (stdout): JSON with, per run, the history of every epoch (loss, accuracy and
+ "batch_size": 350} plus optional keys "activation" ("relu"), "dropout" (0: none), "l2" (0:
+none), "momentum" (0.0), "shuffle" (false: batches in file order, as the parity test needs),
+"seed" (0) and "weights_out" (a path for the final weights, saved like weights.npz). Each run
+rebuilds the model (Dense layers of `units`, each followed by Dropout when "dropout" > 0, with
+L2 on their kernels when "l2" > 0, then one sigmoid unit), sets the weights, and fits with SGD,
+binary cross-entropy and accuracy. Output (stdout): JSON with, per run, the history of every epoch (loss, accuracy and
 val_* when validation data is given), the epoch seconds, the final step count, the learning
 rate tfa's schedule gives at every step taken, and the test loss/accuracy when test data is
 given.
@@ -43,11 +44,15 @@ def train(run: dict, data, weights: list[np.ndarray]) -> dict:
     tf.keras.utils.set_random_seed(run.get("seed", 0))
     x, y = data["x"], data["y"]
     activation = run.get("activation", "relu")
-    model = tf.keras.Sequential(
-        [tf.keras.Input(shape=(x.shape[1],))]
-        + [tf.keras.layers.Dense(units, activation=activation) for units in run["units"]]
-        + [tf.keras.layers.Dense(1, activation="sigmoid")]
-    )
+    dropout, l2 = run.get("dropout", 0.0), run.get("l2", 0.0)
+    layers = [tf.keras.Input(shape=(x.shape[1],))]
+    for units in run["units"]:
+        regularizer = tf.keras.regularizers.L2(l2) if l2 else None
+        layers.append(tf.keras.layers.Dense(units, activation=activation,
+                                            kernel_regularizer=regularizer))
+        if dropout:
+            layers.append(tf.keras.layers.Dropout(dropout))
+    model = tf.keras.Sequential(layers + [tf.keras.layers.Dense(1, activation="sigmoid")])
     model.set_weights(weights)
     schedule = tfa_schedule(run["schedule"])
     optimizer = tf.keras.optimizers.SGD(learning_rate=schedule, momentum=run.get("momentum", 0.0))

@@ -158,3 +158,15 @@ def test_reshuffle_with_the_tfa_backend_is_refused_naming_the_key(trained_projec
         "error: train.reshuffle: true is not supported with schedule.backend: tfa"
     )
     assert not Path("models").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [("model.dropout=1", "model.dropout: input should be less than 1, got 1"),
+     ("model.l2=-0.1", "model.l2: input should be greater than or equal to 0, got -0.1")],
+)
+def test_bad_regularization_is_refused_naming_the_key(trained_project, override, expected):
+    result = train("baseline", override)
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == f"error: params.yaml: {expected}"
+    assert not Path("models").exists()

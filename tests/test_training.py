@@ -1,4 +1,5 @@
-"""The fast training loop against Keras's own `model.fit`: same weights, same logs."""
+"""The fast training loop against Keras's own `model.fit`: same weights, same logs (dropout's
+random masks included)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,9 @@ def triangular():
     return schedules.CyclicalLearningRate(0.01, 0.2, step_size=20)
 
 
-def keras_fit(data, batch_size, learning_rate, epochs=3):
+def keras_fit(data, batch_size, learning_rate, epochs=3, params=PARAMS):
     x, y, x_val, y_val = data
-    model = build_model(PARAMS, x.shape[1], seed=7)
+    model = build_model(params, x.shape[1], seed=7)
     model.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=0.9),
                   loss="binary_crossentropy", metrics=["accuracy"])
     logs = model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0,
@@ -36,9 +37,9 @@ def keras_fit(data, batch_size, learning_rate, epochs=3):
     return model.get_weights(), logs
 
 
-def clrpipe_fit(data, batch_size, learning_rate, steps_per_execution, epochs=3):
+def clrpipe_fit(data, batch_size, learning_rate, steps_per_execution, epochs=3, params=PARAMS):
     x, y, x_val, y_val = data
-    model = build_model(PARAMS, x.shape[1], seed=7)
+    model = build_model(params, x.shape[1], seed=7)
     optimizer = keras.optimizers.SGD(learning_rate, momentum=0.9)
     training.compile_model(model, optimizer, steps_per_execution)
     history = training.fit(model, x, y, epochs=epochs, batch_size=batch_size,
@@ -46,17 +47,21 @@ def clrpipe_fit(data, batch_size, learning_rate, steps_per_execution, epochs=3):
     return model, history
 
 
+REGULARIZED = ModelParams(units=[16, 8], dropout=0.2, l2=1e-3)
+
+
 @pytest.mark.parametrize(
-    ("batch_size", "learning_rate", "steps_per_execution"),
-    [(32, 0.05, 1), (32, 0.05, 7), (32, triangular, 64), (100, triangular, 3)],
+    ("batch_size", "learning_rate", "steps_per_execution", "params"),
+    [(32, 0.05, 1, PARAMS), (32, 0.05, 7, PARAMS), (32, triangular, 64, PARAMS),
+     (100, triangular, 3, PARAMS), (32, triangular, 16, REGULARIZED)],
 )
 def test_weights_and_epoch_logs_equal_keras_fit_bit_for_bit(
-    data, batch_size, learning_rate, steps_per_execution
+    data, batch_size, learning_rate, steps_per_execution, params
 ):
     rate = learning_rate() if callable(learning_rate) else learning_rate
-    expected_weights, expected_logs = keras_fit(data, batch_size, rate)
+    expected_weights, expected_logs = keras_fit(data, batch_size, rate, params=params)
     rate = learning_rate() if callable(learning_rate) else learning_rate
-    model, history = clrpipe_fit(data, batch_size, rate, steps_per_execution)
+    model, history = clrpipe_fit(data, batch_size, rate, steps_per_execution, params=params)
     for ours, theirs in zip(model.get_weights(), expected_weights, strict=True):
         np.testing.assert_array_equal(ours, theirs)
     assert history.epochs == expected_logs
@@ -110,3 +115,14 @@ def test_divergence_stops_with_an_error_naming_the_step_and_the_keys(data):
     with pytest.raises(ClrpipeError, match=r"training diverged: loss is nan at step 4; .*"
                                            r"schedule\.maximal_learning_rate"):
         training.fit(model, x, y, epochs=1, batch_size=32)
+
+
+def test_regularized_model_has_dropout_after_each_hidden_layer_and_l2_on_their_kernels():
+    model = build_model(REGULARIZED, 5, seed=0)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds == ["Dense", "Dropout", "Dense", "Dropout", "Dense"]
+    assert [layer.rate for layer in model.layers if kinds[0] != type(layer).__name__] == [0.2, 0.2]
+    hidden = [layer for layer in model.layers[:-1] if type(layer).__name__ == "Dense"]
+    assert [layer.kernel_regularizer.l2 for layer in hidden] == pytest.approx([1e-3, 1e-3])
+    assert model.layers[-1].kernel_regularizer is None
+    assert len(model.get_weights()) == len(build_model(PARAMS, 5, seed=0).get_weights())

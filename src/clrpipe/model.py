@@ -1,4 +1,5 @@
-"""The article's network: a Keras `Sequential` of three Dense layers for binary classification."""
+"""The article's network: a Keras `Sequential` of three Dense layers for binary classification,
+with optional dropout after each hidden layer and L2 on the hidden kernels."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from clrpipe.config import Section
 
 
 class ModelParams(Section):
-    """`model:` hidden layer sizes, activation and initializer."""
+    """`model:` hidden layer sizes, activation, initializer and regularization."""
 
     units: list[int] = Field(min_length=2, max_length=2)
     activation: str = "relu"
     kernel_initializer: str = "glorot_uniform"
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    l2: float = Field(default=0.0, ge=0)
 
     @field_validator("activation", "kernel_initializer")
     @classmethod
@@ -28,15 +31,16 @@ class ModelParams(Section):
 
 
 def build_model(params: ModelParams, n_features: int, seed: int) -> keras.Sequential:
-    """Two hidden Dense layers and one sigmoid unit, initialised from `seed`."""
+    """Two hidden Dense layers (each followed by Dropout when `dropout` > 0) and one sigmoid
+    unit, initialised from `seed`. Dropout adds no weights, so weight lists stay comparable."""
     keras.utils.set_random_seed(seed)
-    hidden = [
-        keras.layers.Dense(units, activation=params.activation,
-                           kernel_initializer=params.kernel_initializer)
-        for units in params.units
-    ]
-    return keras.Sequential(
-        [keras.Input((n_features,), name="features"), *hidden,
-         keras.layers.Dense(1, activation="sigmoid")],
-        name="dense3",
-    )
+    regularizer = keras.regularizers.L2(params.l2) if params.l2 else None
+    layers = [keras.Input((n_features,), name="features")]
+    for units in params.units:
+        layers.append(keras.layers.Dense(units, activation=params.activation,
+                                         kernel_initializer=params.kernel_initializer,
+                                         kernel_regularizer=regularizer))
+        if params.dropout:
+            layers.append(keras.layers.Dropout(params.dropout))
+    layers.append(keras.layers.Dense(1, activation="sigmoid"))
+    return keras.Sequential(layers, name="dense3")

@@ -156,7 +156,7 @@ def _tfa_trial(model, schedule, model_params, params, *, epochs, batch_size, see
     started = time.perf_counter()
     done = legacy.train_with_tfa(
         schedule, model.get_weights(), units=model_params.units,
-        activation=model_params.activation,
+        activation=model_params.activation, dropout=model_params.dropout, l2=model_params.l2,
         data={"x": split.x, "y": split.y, "x_val": split.x_val, "y_val": split.y_val,
               "x_test": split.x_test, "y_test": split.y_test},
         epochs=epochs, batch_size=batch_size, momentum=params.momentum, seed=seed,
