@@ -11,10 +11,10 @@ none), "momentum" (0.0), "shuffle" (false: batches in file order, as the parity 
 "seed" (0) and "weights_out" (a path for the final weights, saved like weights.npz). Each run
 rebuilds the model (Dense layers of `units`, each followed by Dropout when "dropout" > 0, with
 L2 on their kernels when "l2" > 0, then one sigmoid unit), sets the weights, and fits with SGD,
-binary cross-entropy and accuracy. Output (stdout): JSON with, per run, the history of every epoch (loss, accuracy and
-val_* when validation data is given), the epoch seconds, the final step count, the learning
-rate tfa's schedule gives at every step taken, and the test loss/accuracy when test data is
-given.
+binary cross-entropy and accuracy. Output (stdout): JSON with, per run, the history of every
+epoch (loss, accuracy and val_* when validation data is given), the epoch seconds, the final
+step count, the learning rate tfa's schedule gives at every step taken, and the test
+loss/accuracy when test data is given.
 """
 
 from tfa_common import tfa_schedule  # isort: skip  (before TensorFlow, to quiet it)
@@ -52,7 +52,7 @@ def train(run: dict, data, weights: list[np.ndarray]) -> dict:
                                             kernel_regularizer=regularizer))
         if dropout:
             layers.append(tf.keras.layers.Dropout(dropout))
-    model = tf.keras.Sequential(layers + [tf.keras.layers.Dense(1, activation="sigmoid")])
+    model = tf.keras.Sequential([*layers, tf.keras.layers.Dense(1, activation="sigmoid")])
     model.set_weights(weights)
     schedule = tfa_schedule(run["schedule"])
     optimizer = tf.keras.optimizers.SGD(learning_rate=schedule, momentum=run.get("momentum", 0.0))
