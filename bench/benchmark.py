@@ -5,14 +5,16 @@
 
 Measures, with the minimum and median over `--repeats`:
 
-- epoch: one baseline epoch (batch 32, SGD 0.01, the fit part of the real split) through
-  clrpipe's fast path (`training.compile_model` + `training.fit` with the project's
+- epoch: one baseline epoch of the article's network (the project's layer sizes and activation,
+  no dropout or L2; batch 32, SGD 0.01, the fit part of the real split) through clrpipe's fast
+  path (`training.compile_model` + `training.fit` with the project's
   `train.steps_per_execution` / `train.jit_compile`) against the article's plain
   `model.compile(...); model.fit(x, y, batch_size=32, epochs=1)`, as a paired ratio per repeat,
   and whether the final weights are bit-identical for the same seed; plus variants
   (steps_per_execution 64 / 256 / a whole epoch, XLA on or off, and the same with TensorFlow
   limited to one thread, in a child process) with their max abs weight difference from plain
-  fit;
+  fit; and, when the project's model has dropout or L2, clrpipe's setting against plain fit
+  for that model too;
 - tracking: the `train` stage (`clrpipe.stages.train.run`) with tracking on (an SQLite store in
   a temporary directory) against off;
 - range_test: the `range_test` stage with the project's default settings;
@@ -95,6 +97,11 @@ def fit_arrays(project: Path) -> tuple[np.ndarray, np.ndarray, ModelParams, Trai
     return split.x, split.y, config.section(cfg, "model", ModelParams), params
 
 
+def article_network(model_params: ModelParams) -> ModelParams:
+    """The project's layer sizes and activation without regularization: the article's network."""
+    return model_params.model_copy(update={"dropout": 0.0, "l2": 0.0})
+
+
 def time_epochs(
     x: np.ndarray,
     y: np.ndarray,
@@ -148,7 +155,9 @@ def epoch_variants(steps_per_epoch: int, params: TrainParams, quick: bool) -> di
     return variants
 
 
-def measure_epoch(project: Path, repeats: int, quick: bool = False, log=print) -> dict:
+def measure_epoch(
+    project: Path, repeats: int, quick: bool = False, log=print, project_model: bool = False
+) -> dict:
     """Paired per-repeat timings of plain fit and each fast-path variant (see `time_epochs`).
 
     Each repeat trains every variant for two epochs from the same seed: the second epoch is the
@@ -158,6 +167,8 @@ def measure_epoch(project: Path, repeats: int, quick: bool = False, log=print) -
     are compared after both epochs.
     """
     x, y, model_params, params = fit_arrays(project)
+    if not project_model:
+        model_params = article_network(model_params)
     steps = math.ceil(len(x) / BATCH)
     variants = epoch_variants(steps, params, quick)
     runs: dict[str, dict[str, list]] = {
@@ -175,7 +186,8 @@ def measure_epoch(project: Path, repeats: int, quick: bool = False, log=print) -
             run["ratio"].append(seconds[1] / runs["plain"]["steady"][-1])
             run["diff"].append(max_abs_diff(weights, plain_weights))
         log(f"  epoch repeat {repeat + 1}/{repeats}: plain {runs['plain']['steady'][-1]:.3f} s")
-    result = {"rows": len(x), "batch_size": BATCH, "steps_per_epoch": steps, "variants": {}}
+    result = {"rows": len(x), "batch_size": BATCH, "steps_per_epoch": steps, "variants": {},
+              "model": model_params.model_dump()}
     for name, run in runs.items():
         entry = {"first_epoch_s": stats(run["first"]), "epoch_s": stats(run["steady"])}
         if name != "plain":
@@ -405,6 +417,18 @@ def markdown(results: dict) -> str:
                 f"| {entry['first_epoch_s']['median']:.3f} | {ratio_text} | {of_min} | {weights} |"
             )
         lines.append("")
+    own_model = results.get("epoch_project_model")
+    if own_model:
+        plain, fast = (own_model["variants"][name]["epoch_s"]["min"]
+                       for name in ("plain", own_model["setting"]))
+        lines += [
+            f"The project's model (dropout {own_model['model']['dropout']}, L2 "
+            f"{own_model['model']['l2']}): plain fit {plain:.3f} s, "
+            f"{own_model['setting']} {fast:.3f} s, paired ratio {own_model['ratio_min']:.3f} / "
+            f"{own_model['ratio_median']:.3f}, weights "
+            f"{'identical' if own_model['identical'] else 'different'}.",
+            "",
+        ]
     rows = []
     for key in ("tracking", "tracking_full"):
         tracked = results.get(key)
@@ -481,6 +505,9 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"machine": machine(), "repeats": repeats, "quick": args.quick}
     log("epoch timing ...")
     results["epoch"] = measure_epoch(project, repeats, args.quick, log)
+    if results["epoch"]["model"] != fit_arrays(project)[2].model_dump() and not args.epoch_only:
+        log("epoch timing with the project's model ...")
+        results["epoch_project_model"] = measure_epoch(project, repeats, True, log, True)
     if args.epoch_only:
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
