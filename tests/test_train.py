@@ -46,7 +46,6 @@ def clr_run(trained_project):
 def test_clr_stage_writes_outputs(clr_run):
     metrics = json.loads(Path("metrics/train_clr.json").read_text())
     assert metrics["epochs"] == EPOCHS
-    assert 0.6 < metrics["test_accuracy"] <= 1
     history = pd.read_csv("plots/train_clr/history.csv")
     assert list(history.epoch) == [1, 2]
     assert {"loss", "accuracy", "val_loss", "val_accuracy", "seconds"} <= set(history.columns)
@@ -54,6 +53,11 @@ def test_clr_stage_writes_outputs(clr_run):
     assert lr.lr.between(1e-4, 1e-2).all()
     model = keras.models.load_model("models/train_clr.keras")
     assert isinstance(model.optimizer._learning_rate, schedules.CyclicalLearningRate)
+    test = pd.read_parquet("data/split/test.parquet")
+    _, accuracy = model.evaluate(test[list(data.FEATURES)].to_numpy("float32"),
+                                 test[data.TARGET].to_numpy("float32"), verbose=0)
+    assert metrics["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert 0.5 < accuracy  # two epochs at 1e-4..1e-2 with dropout: above chance, far from done
 
 
 def test_clr_run_is_tracked_completely(clr_run):
