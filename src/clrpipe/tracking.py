@@ -33,6 +33,7 @@ from clrpipe.config import PARAMS_FILE, Section
 from clrpipe.outputs import uninterruptible
 
 PIPELINE_TAG = "clrpipe.pipeline"
+QUEUE_SECONDS = 5.0  # buffered metrics reach the store at most this often (see StageRun)
 STAGE_TAG = "clrpipe.stage"
 ERROR_TAG = "clrpipe.error"
 
@@ -92,31 +93,35 @@ class StageRun:
     def __init__(self, client: MlflowClient | None, run_id: str | None):
         self.client = client
         self.run_id = run_id
-        self._queued: list = []
+        self._buffer: list[Metric] = []
+        self._sent = time.monotonic()
 
     @property
     def active(self) -> bool:
         return self.client is not None
 
     def log_metrics(
-        self, metrics: Mapping[str, float], step: int | None = None, *, queued: bool = False
+        self, metrics: Mapping[str, float], step: int | None = None, *, buffered: bool = False
     ) -> None:
-        """Log now, or with `queued` hand the write to MLflow's logging thread (per-epoch
-        metrics while training: a store write each epoch would otherwise hold up the next);
-        `flush` waits for queued writes, and `stage_run` flushes before it ends the run."""
-        if self.active:
-            now = _now_ms()
-            operation = self.client.log_batch(
-                self.run_id,
-                metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()],
-                synchronous=not queued,
-            )
-            if queued:
-                self._queued.append(operation)
+        """Log now, or with `buffered` collect them and write one batch at most every
+        QUEUE_SECONDS: per-epoch metrics while training, where a store write per epoch (about
+        10 ms) slows 0.1-0.25 s epochs by several percent. `flush` writes the rest; `stage_run`
+        flushes before it ends the run. (MLflow's own async logging is no cheaper here: ending a
+        run waits up to a second for its logging thread to notice.)"""
+        if not self.active:
+            return
+        now = _now_ms()
+        self._buffer.extend(Metric(k, float(v), now, step or 0) for k, v in metrics.items())
+        if not buffered or time.monotonic() - self._sent >= QUEUE_SECONDS:
+            self.flush()
 
     def flush(self) -> None:
-        while self._queued:
-            self._queued.pop(0).wait()
+        if not self.active:
+            return
+        for start in range(0, len(self._buffer), 1000):
+            self.client.log_batch(self.run_id, metrics=self._buffer[start : start + 1000])
+        self._buffer = []
+        self._sent = time.monotonic()
 
     def log_series(self, key: str, steps: list[int], values: list[float]) -> None:
         if self.active:

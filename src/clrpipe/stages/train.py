@@ -217,7 +217,7 @@ def run(cfg: DictConfig, variant: str) -> dict:
 
     with tracking.stage_run(cfg, stage) as tracked:
         def on_epoch(epoch, logs, seconds):
-            tracked.log_metrics({**logs, "epoch_seconds": seconds}, step=epoch, queued=True)
+            tracked.log_metrics({**logs, "epoch_seconds": seconds}, step=epoch, buffered=True)
 
         trial = train_trial(
             model_params, params, schedule_section, epochs=run_params.epochs,
