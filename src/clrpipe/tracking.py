@@ -33,7 +33,7 @@ from clrpipe.config import PARAMS_FILE, Section
 from clrpipe.outputs import uninterruptible
 
 PIPELINE_TAG = "clrpipe.pipeline"
-QUEUE_SECONDS = 5.0  # buffered metrics reach the store at most this often (see StageRun)
+BUFFER_SECONDS = 5.0  # buffered metrics reach the store at most this often (see StageRun)
 STAGE_TAG = "clrpipe.stage"
 ERROR_TAG = "clrpipe.error"
 
@@ -104,7 +104,7 @@ class StageRun:
         self, metrics: Mapping[str, float], step: int | None = None, *, buffered: bool = False
     ) -> None:
         """Log now, or with `buffered` collect them and write one batch at most every
-        QUEUE_SECONDS: per-epoch metrics while training, where a store write per epoch (about
+        BUFFER_SECONDS: per-epoch metrics while training, where a store write per epoch (about
         10 ms) slows 0.1-0.25 s epochs by several percent. `flush` writes the rest; `stage_run`
         flushes before it ends the run. (MLflow's own async logging is no cheaper here: ending a
         run waits up to a second for its logging thread to notice.)"""
@@ -112,7 +112,7 @@ class StageRun:
             return
         now = _now_ms()
         self._buffer.extend(Metric(k, float(v), now, step or 0) for k, v in metrics.items())
-        if not buffered or time.monotonic() - self._sent >= QUEUE_SECONDS:
+        if not buffered or time.monotonic() - self._sent >= BUFFER_SECONDS:
             self.flush()
 
     def flush(self) -> None:
