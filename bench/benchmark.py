@@ -505,9 +505,13 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"machine": machine(), "repeats": repeats, "quick": args.quick}
     log("epoch timing ...")
     results["epoch"] = measure_epoch(project, repeats, args.quick, log)
-    if results["epoch"]["model"] != fit_arrays(project)[2].model_dump() and not args.epoch_only:
+    own_model = config.section(config.load(params_file=project / "params.yaml"), "model",
+                               ModelParams)
+    if not (args.quick or args.epoch_only) and results["epoch"]["model"] != own_model.model_dump():
         log("epoch timing with the project's model ...")
-        results["epoch_project_model"] = measure_epoch(project, repeats, True, log, True)
+        results["epoch_project_model"] = measure_epoch(
+            project, repeats, quick=True, log=log, project_model=True
+        )
     if args.epoch_only:
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n")

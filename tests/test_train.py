@@ -57,7 +57,7 @@ def test_clr_stage_writes_outputs(clr_run):
     _, accuracy = model.evaluate(test[list(data.FEATURES)].to_numpy("float32"),
                                  test[data.TARGET].to_numpy("float32"), verbose=0)
     assert metrics["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
-    assert 0.5 < accuracy  # two epochs at 1e-4..1e-2 with dropout: above chance, far from done
+    assert accuracy > 0.5  # two epochs at 1e-4..1e-2 with dropout: above chance, far from done
 
 
 def test_clr_run_is_tracked_completely(clr_run):
@@ -162,6 +162,7 @@ def test_reshuffle_with_the_tfa_backend_is_refused_naming_the_key(trained_projec
         "error: train.reshuffle: true is not supported with schedule.backend: tfa"
     )
     assert not Path("models").exists()
+    assert not Path("mlflow.db").exists()  # refused before any run was opened
 
 
 @pytest.mark.parametrize(

@@ -121,8 +121,18 @@ def test_regularized_model_has_dropout_after_each_hidden_layer_and_l2_on_their_k
     model = build_model(REGULARIZED, 5, seed=0)
     kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds == ["Dense", "Dropout", "Dense", "Dropout", "Dense"]
-    assert [layer.rate for layer in model.layers if kinds[0] != type(layer).__name__] == [0.2, 0.2]
+    dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    assert [layer.rate for layer in dropouts] == [0.2, 0.2]
     hidden = [layer for layer in model.layers[:-1] if type(layer).__name__ == "Dense"]
     assert [layer.kernel_regularizer.l2 for layer in hidden] == pytest.approx([1e-3, 1e-3])
     assert model.layers[-1].kernel_regularizer is None
     assert len(model.get_weights()) == len(build_model(PARAMS, 5, seed=0).get_weights())
+
+
+@pytest.mark.parametrize(("rows", "batch_size"), [(0, 32), (10, 0)])
+def test_no_rows_or_no_batch_size_is_refused(rows, batch_size):
+    model = build_model(PARAMS, 5, seed=0)
+    training.compile_model(model, keras.optimizers.SGD(0.01))
+    x = np.zeros((rows, 5), "float32")
+    with pytest.raises(ClrpipeError, match=rf"got {rows} rows and batch size {batch_size}"):
+        training.fit(model, x, x[:, 0], epochs=1, batch_size=batch_size)

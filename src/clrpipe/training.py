@@ -103,21 +103,26 @@ def fit(
     With `reshuffle_seed`, every epoch gets a new row order drawn from that seed instead of
     Keras's (one order repeated under a global seed, see `epoch_orders`).
     """
+    if len(x) == 0 or batch_size < 1:
+        raise ClrpipeError(f"fit: expected rows and a batch size of at least 1, got {len(x)} "
+                           f"rows and batch size {batch_size}")
     history = History()
     optimizer = model.optimizer
     optimizer.build(model.trainable_variables)
     steps = math.ceil(len(x) / batch_size)
     per_call = int(model.steps_per_execution)
     run = _batch_runner(model, x, y, batch_size)
-    orders = epoch_orders(len(x))
-    reshuffled = np.random.default_rng(reshuffle_seed)
+    if reshuffle_seed is None:
+        orders = epoch_orders(len(x))
+    else:
+        order_rng = np.random.default_rng(reshuffle_seed)
     for epoch in range(epochs):
         started = time.perf_counter()
         model.reset_metrics()
         if reshuffle_seed is None:
             order = next(iter(orders))
         else:
-            order = tf.constant(reshuffled.permutation(len(x)))
+            order = tf.constant(order_rng.permutation(len(x)))
         for first in range(0, steps, per_call):
             logs = run(order, tf.constant(first), tf.constant(min(first + per_call, steps)))
             _record_lr(history, optimizer)

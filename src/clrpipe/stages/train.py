@@ -129,9 +129,7 @@ def train_trial(
     )
     model = build_model(model_params, split.x.shape[1], seed)
     if schedule_section.get("backend") == "tfa":
-        if params.reshuffle:
-            raise ClrpipeError("train.reshuffle: true is not supported with schedule.backend: "
-                               "tfa (tfa trains with Keras 2's own shuffle); set it to false")
+        _refuse_reshuffle_with_tfa(params)
         return _tfa_trial(model, schedule, model_params, params, epochs=epochs,
                           batch_size=batch_size, seed=seed, split=split, on_epoch=on_epoch)
     optimizer = schedules.build_sgd(schedule, schedule_section)
@@ -147,6 +145,12 @@ def train_trial(
     seconds = time.perf_counter() - started
     test = training.evaluate(model, split.x_test, split.y_test)
     return TrialResult(model, history, test, seconds)
+
+
+def _refuse_reshuffle_with_tfa(params: TrainParams) -> None:
+    if params.reshuffle:
+        raise ClrpipeError("train.reshuffle: true is not supported with schedule.backend: tfa "
+                           "(tfa trains with Keras 2's own shuffle); set it to false")
 
 
 def _tfa_trial(model, schedule, model_params, params, *, epochs, batch_size, seed, split, on_epoch):
@@ -213,7 +217,8 @@ def run(cfg: DictConfig, variant: str) -> dict:
     schedules.build_schedule(schedule_section, len(split.x), run_params.batch_size,
                              bounds=bounds, epochs=run_params.epochs)
     if schedule_section.get("backend") == "tfa":
-        legacy.legacy_dir(tracking.project_root())  # fail before training when it is missing
+        _refuse_reshuffle_with_tfa(params)  # both before an MLflow run is opened
+        legacy.legacy_dir(tracking.project_root())
 
     with tracking.stage_run(cfg, stage) as tracked:
         def on_epoch(epoch, logs, seconds):
