@@ -118,17 +118,18 @@ class StageRun:
     def flush(self) -> None:
         if not self.active:
             return
-        for start in range(0, len(self._buffer), 1000):
-            self.client.log_batch(self.run_id, metrics=self._buffer[start : start + 1000])
+        log_metric_batches(self.client, self.run_id, self._buffer)
         self._buffer = []
         self._sent = time.monotonic()
 
     def log_series(self, key: str, steps: list[int], values: list[float]) -> None:
+        """One metric at many steps, written now (with anything buffered)."""
         if self.active:
             now = _now_ms()
-            batch = [Metric(key, float(v), now, int(s)) for s, v in zip(steps, values, strict=True)]
-            for start in range(0, len(batch), 1000):
-                self.client.log_batch(self.run_id, metrics=batch[start : start + 1000])
+            self._buffer.extend(
+                Metric(key, float(v), now, int(s)) for s, v in zip(steps, values, strict=True)
+            )
+            self.flush()
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         if self.active:
@@ -145,6 +146,12 @@ class StageRun:
     def set_tag(self, key: str, value: str) -> None:
         if self.active:
             self.client.set_tag(self.run_id, key, value)
+
+
+def log_metric_batches(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
+    """Write `metrics` in batches of 1000, MLflow's limit per `log_batch` call."""
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
 
 
 def _now_ms() -> int:

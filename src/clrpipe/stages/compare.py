@@ -419,8 +419,7 @@ class _Children:
                 for s, v in zip(history.lr_steps, history.lr_values, strict=True)
             ]
         self.client.log_batch(run_id, params=self._params(name, seed, method, hgb))
-        for start in range(0, len(metrics), 1000):
-            self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
+        tracking.log_metric_batches(self.client, run_id, metrics)
         self.client.set_terminated(run_id, "FINISHED", end_time=end_ms)
         self.finished_ids.append(run_id)
 
