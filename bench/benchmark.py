@@ -493,10 +493,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epoch-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.tf_threads:
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(args.tf_threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.tf_threads)
+        training.limit_threads(args.tf_threads)
     project = args.project.resolve()
     repeats = args.repeats
     if not (project / "data" / "split" / "train.parquet").is_file():

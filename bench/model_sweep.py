@@ -38,7 +38,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import scratch_project
 
-from clrpipe import config
+from clrpipe import config, training
 from clrpipe.model import ModelParams
 from clrpipe.stages import range_test, train
 from clrpipe.stages.split import SplitParams
@@ -175,10 +175,7 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out.resolve()
     if not args.summary_only:
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        training.limit_threads(1)
         settings = [dict(zip(("name", "units", "activation", "dropout", "l2"), s, strict=True))
                     for s in SETTINGS]
         if args.settings:

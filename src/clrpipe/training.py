@@ -39,6 +39,18 @@ class History:
     lr_values: list[float] = field(default_factory=list)
 
 
+def limit_threads(threads: int) -> bool:
+    """Limit TensorFlow's intra- and inter-op thread pools; False when the runtime has already
+    started (its pools are fixed then). One thread is the fastest setting for this small network
+    and lets parallel trials share cores without oversubscription."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        return False
+    return True
+
+
 def compile_model(model, optimizer, steps_per_execution: int = 1, jit_compile=False) -> None:
     """Binary cross-entropy and accuracy, as in the article."""
     model.compile(
@@ -112,17 +124,11 @@ def fit(
     steps = math.ceil(len(x) / batch_size)
     per_call = int(model.steps_per_execution)
     run = _batch_runner(model, x, y, batch_size)
-    if reshuffle_seed is None:
-        orders = epoch_orders(len(x))
-    else:
-        order_rng = np.random.default_rng(reshuffle_seed)
+    next_order = _order_source(len(x), reshuffle_seed)
     for epoch in range(epochs):
         started = time.perf_counter()
         model.reset_metrics()
-        if reshuffle_seed is None:
-            order = next(iter(orders))
-        else:
-            order = tf.constant(order_rng.permutation(len(x)))
+        order = next_order()
         for first in range(0, steps, per_call):
             logs = run(order, tf.constant(first), tf.constant(min(first + per_call, steps)))
             _record_lr(history, optimizer)
@@ -139,6 +145,15 @@ def fit(
             on_epoch(epoch, logs, history.epoch_seconds[-1])
     optimizer.finalize_variable_values(model.trainable_weights)
     return history
+
+
+def _order_source(rows: int, reshuffle_seed: int | None) -> Callable[[], tf.Tensor]:
+    """Each call gives the next epoch's row order: Keras's, or a new one from `reshuffle_seed`."""
+    if reshuffle_seed is None:
+        orders = epoch_orders(rows)
+        return lambda: next(iter(orders))
+    order_rng = np.random.default_rng(reshuffle_seed)
+    return lambda: tf.constant(order_rng.permutation(rows))
 
 
 def _record_lr(history: History, optimizer) -> None:

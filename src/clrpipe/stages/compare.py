@@ -42,7 +42,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig
 from pydantic import Field
 
-from clrpipe import compare, config, schedules, tracking
+from clrpipe import compare, config, schedules, tracking, training
 from clrpipe.errors import ClrpipeError
 from clrpipe.model import ModelParams
 from clrpipe.outputs import atomic_outputs
@@ -145,14 +145,7 @@ def _prepare_worker(model_params, train_params, split: SplitArrays) -> None:
     global _worker_ready
     if _worker_ready:
         return
-    import tensorflow as tf
-
-    threading_config = tf.config.threading
-    try:
-        threading_config.set_intra_op_parallelism_threads(1)
-        threading_config.set_inter_op_parallelism_threads(1)
-    except RuntimeError:  # the runtime had started already: keep its thread pools
-        pass
+    training.limit_threads(1)  # False if the runtime had started already: its pools stay
     rows = min(len(split.x), 2 * train_params.steps_per_execution * 32)
     tiny = SplitArrays(split.x[:rows], split.y[:rows], split.x_val[:rows], split.y_val[:rows],
                        split.x_test[:rows], split.y_test[:rows])
