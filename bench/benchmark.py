@@ -49,8 +49,9 @@ import keras
 import numpy as np
 
 from clrpipe import config, training
-from clrpipe.model import ModelParams, build_model
-from clrpipe.stages.train import TrainParams, load_split, split_arrays
+from clrpipe.model import build_model
+from clrpipe.params import ModelParams, SplitParams, TrainParams
+from clrpipe.trial import load_split, split_arrays
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from worktree import RUN_ENV, copy_worktree, tool_env
@@ -92,8 +93,8 @@ def fit_arrays(project: Path) -> tuple[np.ndarray, np.ndarray, ModelParams, Trai
     """The rows the baseline stage fits on (training split minus its validation slice)."""
     cfg = config.load(params_file=project / "params.yaml", conf_dir=project / "conf")
     params = config.section(cfg, "train", TrainParams)
-    split_dir = project / config.section_node(cfg, "split").dir
-    split = split_arrays(*load_split(split_dir), params)
+    split_dir = project / config.section(cfg, "split", SplitParams).dir
+    split = split_arrays(*load_split(split_dir), params.validation_fraction, params.seed)
     return split.x, split.y, config.section(cfg, "model", ModelParams), params
 
 

@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import scratch_project
 
 from clrpipe import config, training
-from clrpipe.model import ModelParams
-from clrpipe.stages import range_test, train
-from clrpipe.stages.split import SplitParams
+from clrpipe.params import ConstantSchedule, ModelParams, SplitParams, TrainParams
+from clrpipe.stages import range_test
+from clrpipe.trial import load_split, split_arrays, train_trial
 
 PROJECT = Path(__file__).resolve().parent.parent
 FIELDS = ["setting", "units", "activation", "dropout", "l2", "method", "seed", "base_lr",
@@ -99,17 +99,20 @@ def sweep(settings: list[dict], seeds: list[int], out: Path, epochs: int | None)
         bounds = setting_bounds(rows, s["name"], overrides)
         cfg = config.load([*overrides, "tracking.enabled=false"])
         model = config.section(cfg, "model", ModelParams)
-        params = config.section(cfg, "train", train.TrainParams)
+        params = config.section(cfg, "train", TrainParams)
         split_dir = config.section(cfg, "split", SplitParams).dir
-        split = train.split_arrays(*train.load_split(split_dir), params)
+        split = split_arrays(*load_split(split_dir), params.validation_fraction, params.seed)
+        schedule = config.validated(cfg).schedule
         for seed in seeds:
             for method in ("baseline", "clr"):
                 if (s["name"], method, seed) in done:
                     continue
                 run = getattr(params, method)
                 keras.backend.clear_session()
-                trial = train.train_trial(
-                    model, params, train.variant_schedule(cfg, method, run), epochs=run.epochs,
+                spec = (ConstantSchedule(learning_rate=run.learning_rate)
+                        if method == "baseline" else schedule)
+                trial = train_trial(
+                    model, params, spec, epochs=run.epochs,
                     batch_size=run.batch_size, seed=seed, split=split,
                     bounds=(float(bounds["base_lr"]), float(bounds["max_lr"]))
                     if method == "clr" else None)

@@ -15,15 +15,15 @@ from mlflow.tracking import MlflowClient
 from clrpipe import cli, tracking
 from clrpipe.compare import (
     TrialOutcome,
-    difference_interval,
     fill_rates,
     first_reach,
     markdown_table,
     suggested_constant_lr,
     summarize,
-    t_interval,
 )
 from clrpipe.errors import ClrpipeError
+from clrpipe.params import schedule_spec
+from clrpipe.stats import difference_interval, median, t_interval
 
 BOUNDS = {"base_lr": 1e-3, "max_lr": 5e-2}
 NETWORKS = ("constant_range_test", "clr_triangular")
@@ -105,15 +105,27 @@ def test_null_rates_come_from_the_range_test():
     assert suggested_constant_lr(bounds) == pytest.approx(math.sqrt(0.004 * 0.0625))
     assert suggested_constant_lr(bounds, "arithmetic_mean") == pytest.approx(0.03325)
     filled = fill_rates(
-        {"policy": "triangular", "initial_learning_rate": None, "maximal_learning_rate": 0.1},
+        schedule_spec({"policy": "triangular", "initial_learning_rate": None,
+                       "maximal_learning_rate": 0.1, "step_size": 10}),
         bounds, "geometric_mean", "compare.methods.x.schedule",
     )
-    assert (filled["initial_learning_rate"], filled["maximal_learning_rate"]) == (0.004, 0.1)
-    assert fill_rates({"policy": "constant", "learning_rate": None}, bounds, "geometric_mean",
-                      "w")["learning_rate"] == pytest.approx(0.0158114, rel=1e-5)
+    assert (filled.initial_learning_rate, filled.maximal_learning_rate) == (0.004, 0.1)
+    constant = schedule_spec({"policy": "constant", "learning_rate": None})
+    assert fill_rates(constant, bounds, "geometric_mean", "w").learning_rate == pytest.approx(
+        0.0158114, rel=1e-5)
     with pytest.raises(ClrpipeError, match=r"^compare\.m\.schedule\.learning_rate: null means"):
-        fill_rates({"policy": "constant", "learning_rate": None}, None, "geometric_mean",
-                   "compare.m.schedule")
+        fill_rates(constant, None, "geometric_mean", "compare.m.schedule")
+    with pytest.raises(ClrpipeError, match=r"^w\.maximal_learning_rate: expected >= schedule"):
+        fill_rates(schedule_spec({"policy": "triangular", "initial_learning_rate": None,
+                                  "maximal_learning_rate": 1e-3, "step_size": 10}),
+                   bounds, "geometric_mean", "w")
+
+
+def test_median_skips_or_counts_missing_values_as_worst():
+    assert median([3.0, None, 1.0]) == 2.0
+    assert median([3.0, None, 1.0], missing="worst") == 3.0
+    assert median([None, None, 1.0], missing="worst") is None
+    assert median([None]) is None
 
 
 # --- the stage -----------------------------------------------------------------------------

@@ -227,7 +227,7 @@ def test_ci_reference_names_what_the_benchmark_writes_and_its_weights_are_identi
     results = benchmark.measure_epoch(trained_project, repeats=1, quick=True, log=lambda _: None)
     assert results["identical"] is True
     assert results["variants"]["plain"]["epoch_s"]["min"] > 0
-    names = gate.flatten({"epoch": results}, f"{gate.BENCH_PREFIX}.")
+    names = gate.numeric_leaves({"epoch": results}, f"{gate.BENCH_PREFIX}.")
     reference = gate.parse_reference(
         json.loads((REPO / "ci" / "reference.json").read_text()), "ci/reference.json"
     )

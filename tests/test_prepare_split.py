@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 from sklearn.linear_model import LogisticRegression
 
-from clrpipe import cli, data
+from clrpipe import cli, data, download
 from clrpipe.errors import ClrpipeError
-from clrpipe.stages import prepare as prepare_stage
+from clrpipe.params import DataParams
 
 OUTPUTS = ("data/prepared/cardio.parquet", "metrics/prepare.json")
 SAMPLE_ROWS = 3000
@@ -198,17 +198,17 @@ def test_download_with_wrong_checksum_is_refused(project, sample_lines):
     folder = project / "download"
     folder.mkdir()
     (folder / "cardio_train.csv").write_bytes(join(columns(sample_lines)))
-    source = prepare_stage.DataParams(
+    source = DataParams(
         raw=Path("data/raw/cardio.csv"),
         kaggle_dataset="sulianova/cardiovascular-disease-dataset",
         kaggle_file="cardio_train.csv",
         sha256="0" * 64,
     )
     with pytest.raises(ClrpipeError, match=r"does not match data\.sha256 0000"):
-        prepare_stage.fetch_raw(source, download=lambda dataset: folder)
+        download.fetch_raw(source, download=lambda dataset: folder)
     assert not source.raw.exists()
-    right = prepare_stage.DataParams(**{**source.model_dump(), "sha256": _sha(folder)})
-    prepare_stage.fetch_raw(right, download=lambda dataset: folder)
+    right = DataParams(**{**source.model_dump(), "sha256": _sha(folder)})
+    download.fetch_raw(right, download=lambda dataset: folder)
     assert right.raw.read_bytes() == (folder / "cardio_train.csv").read_bytes()
 
 

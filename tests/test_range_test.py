@@ -10,6 +10,11 @@ import pytest
 
 from clrpipe import range_test as rt
 from clrpipe.errors import ClrpipeError
+from clrpipe.params import RangeTestParams, parse
+
+
+def _config(section: dict) -> RangeTestParams:
+    return parse(RangeTestParams, section, "range_test")
 
 # Pure analysis -------------------------------------------------------------------------------
 
@@ -125,7 +130,7 @@ def _curve(seed, centre, n=300, noise=0.01):
 
 
 def test_loss_rule_and_multi_seed_median_and_spread():
-    cfg = rt.RangeTestConfig()
+    cfg = RangeTestParams()
     centres = (0.1, 0.2, 0.4)
     res = rt.analyse([_curve(s, c) for s, c in enumerate(centres)], cfg)
     per_seed = [a.suggestions.max_lr for a in res.analyses]
@@ -147,7 +152,7 @@ def test_loss_rule_and_multi_seed_median_and_spread():
 
 
 def test_seed_spread_and_method_disagreement_flags():
-    cfg = rt.RangeTestConfig()
+    cfg = RangeTestParams()
     spread = rt.analyse([_curve(0, 0.01), _curve(1, 0.1), _curve(2, 1.0)], cfg)
     assert spread.seeds_disagree and not spread.confident
     agree = rt.analyse([_curve(s, 0.1) for s in range(3)], cfg)
@@ -167,7 +172,7 @@ def test_seed_spread_and_method_disagreement_flags():
 
 
 def test_to_dict_and_rows_are_plain_and_complete():
-    res = rt.analyse([_curve(s, 0.1) for s in range(2)], rt.RangeTestConfig(seeds=2))
+    res = rt.analyse([_curve(s, 0.1) for s in range(2)], RangeTestParams(seeds=2))
     d = json.loads(json.dumps(res.to_dict()))
     for key in ("base_lr", "max_lr", "spread", "suggestions", "methods_disagree", "confident"):
         assert key in d
@@ -183,7 +188,7 @@ def test_unusable_curves_raise_naming_the_key():
     lrs = np.logspace(-5, 1, 50)
     bad = rt.Curve(seed=0, lrs=lrs, losses=np.full(50, np.nan))
     with pytest.raises(ClrpipeError, match=r"^range_test\.min_lr: "):
-        rt.analyse([bad], rt.RangeTestConfig(seeds=1))
+        rt.analyse([bad], RangeTestParams(seeds=1))
 
 
 @pytest.mark.parametrize(
@@ -191,9 +196,9 @@ def test_unusable_curves_raise_naming_the_key():
     [
         (
             {"min_lr": 10.0, "max_lr": 1.0},
-            "range_test.min_lr: expected < range_test.max_lr (1.0), got 10.0",
+            "range_test.min_lr: expected < range_test.max_lr (1), got 10",
         ),
-        ({"min_lr": 0.0}, "range_test.min_lr: expected > 0, got 0.0"),
+        ({"min_lr": 0.0}, "range_test.min_lr: expected > 0, got 0"),
         ({"num_steps": 0}, "range_test.num_steps: expected >= 10, got 0"),
         ({"num_steps": -5}, "range_test.num_steps: expected >= 10, got -5"),
         ({"num_steps": 2.5}, "range_test.num_steps: expected an integer, got 2.5"),
@@ -201,30 +206,31 @@ def test_unusable_curves_raise_naming_the_key():
             {"mode": "cosine"},
             "range_test.mode: expected one of 'linear', 'exponential', got 'cosine'",
         ),
-        ({"beta": 1.0}, "range_test.beta: expected 0 < beta < 1, got 1.0"),
-        ({"beta": 0}, "range_test.beta: expected 0 < beta < 1, got 0.0"),
-        ({"divergence_factor": 1}, "range_test.divergence_factor: expected > 1, got 1.0"),
+        ({"beta": 1.0}, "range_test.beta: expected 0 < beta < 1, got 1"),
+        ({"beta": 0}, "range_test.beta: expected 0 < beta < 1, got 0"),
+        ({"divergence_factor": 1}, "range_test.divergence_factor: expected > 1, got 1"),
         ({"seeds": 0}, "range_test.seeds: expected >= 1, got 0"),
-        ({"max_lr": "big"}, "range_test.max_lr: expected a finite number, got 'big'"),
+        ({"max_lr": "big"}, "range_test.max_lr: expected a number, got 'big'"),
+        ({"max_lr": float("inf")}, "range_test.max_lr: expected a number, got inf"),
         ({"smoothing": "sma"}, "range_test.smoothing: expected one of 'log', 'linear', got 'sma'"),
     ],
 )
 def test_bad_config_names_the_key(section, message):
     with pytest.raises(ClrpipeError) as err:
-        rt.validate_config(section)
+        _config(section)
     assert str(err.value) == message
     assert "\n" not in str(err.value)
 
 
 def test_unknown_key_and_defaults():
     with pytest.raises(ClrpipeError, match=r"^range_test\.min_rl: unknown key"):
-        rt.validate_config({"min_rl": 1e-3})
-    cfg = rt.validate_config({"mode": "linear", "num_steps": 50})
+        _config({"min_rl": 1e-3})
+    cfg = _config({"mode": "linear", "num_steps": 50})
     assert (cfg.beta, cfg.divergence_factor, cfg.seeds) == (0.98, 4.0, 3)
     lrs = rt.lr_schedule(cfg)
     assert lrs[0] == cfg.min_lr and lrs[-1] == pytest.approx(cfg.max_lr)
     assert np.allclose(np.diff(lrs), np.diff(lrs)[0])
-    geo = rt.lr_schedule(rt.validate_config({"num_steps": 50}))
+    geo = rt.lr_schedule(_config({"num_steps": 50}))
     assert np.allclose(geo[1:] / geo[:-1], geo[1] / geo[0])
 
 
@@ -250,7 +256,7 @@ def test_known_answer_max_lr_below_and_near_sgd_divergence_threshold():
     threshold = 2.0 / lam  # plain gradient descent on this quadratic diverges above it
     model = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
-    cfg = rt.validate_config({"min_lr": 1e-4, "max_lr": 10.0, "num_steps": 300, "val_every": 0})
+    cfg = _config({"min_lr": 1e-4, "max_lr": 10.0, "num_steps": 300, "val_every": 0})
     res = run_range_test(model, x, y, cfg, batch_size=256)
     assert threshold / 10 < res.max_lr < threshold
     assert res.base_lr < res.max_lr
@@ -297,7 +303,7 @@ def test_runner_leaves_model_optimizer_and_rngs_exactly_as_before():
     keras.random.uniform((1,))  # make sure the global seed generator exists
     weights = [v.numpy().copy() for v in model.variables]
     opt_vars = [v.numpy().copy() for v in model.optimizer.variables]
-    cfg = rt.validate_config({"num_steps": 60, "min_lr": 1e-3, "max_lr": 10.0, "seeds": 2})
+    cfg = _config({"num_steps": 60, "min_lr": 1e-3, "max_lr": 10.0, "seeds": 2})
     res = run_range_test(model, x, y, cfg, batch_size=64, x_val=x[:256], y_val=y[:256])
     assert len(res.analyses) == 2 and res.analyses[0].curve.val_accuracy is not None
     for before, var in zip(weights, model.variables, strict=True):
@@ -310,7 +316,7 @@ def test_runner_leaves_model_optimizer_and_rngs_exactly_as_before():
 def test_next_random_draws_and_later_training_are_bit_identical():
     from clrpipe.range_test_runner import run_range_test
 
-    cfg = rt.validate_config({"num_steps": 40, "min_lr": 1e-3, "max_lr": 10.0, "seeds": 2})
+    cfg = _config({"num_steps": 40, "min_lr": 1e-3, "max_lr": 10.0, "seeds": 2})
 
     def world(with_test):
         model, x, y = _classifier(1)
@@ -333,7 +339,7 @@ def test_runner_is_reproducible_per_seed_and_rejects_bad_batch_size():
     from clrpipe.range_test_runner import run_range_test, sweep
 
     model, x, y = _classifier(2)
-    cfg = rt.validate_config({"num_steps": 30, "min_lr": 1e-3, "max_lr": 1.0, "seeds": 2})
+    cfg = _config({"num_steps": 30, "min_lr": 1e-3, "max_lr": 1.0, "seeds": 2})
     first = sweep(model, x, y, cfg, batch_size=128)
     again = sweep(model, x, y, cfg, batch_size=128)
     for a, b in zip(first, again, strict=True):
@@ -341,3 +347,22 @@ def test_runner_is_reproducible_per_seed_and_rejects_bad_batch_size():
     assert not np.array_equal(first[0].losses, first[1].losses)
     with pytest.raises(ClrpipeError, match=r"^batch_size: "):
         run_range_test(model, x, y, cfg, batch_size=0)
+
+
+@pytest.mark.parametrize("smoothing", ["log", "linear"])
+def test_the_sweep_stops_where_its_configured_smoothing_diverges(smoothing):
+    """The runner's online divergence check uses `range_test.smoothing` (it once always used
+    the log rule, so a linear analysis treated the breaking batch as a normal one)."""
+    from clrpipe.range_test_runner import sweep
+
+    model, x, y = _classifier(3)
+    cfg = _config({"num_steps": 300, "min_lr": 1e-3, "max_lr": 100.0, "seeds": 1,
+                   "smoothing": smoothing, "val_every": 0})
+    (curve,) = sweep(model, x, y, cfg, batch_size=64)
+    assert len(curve.losses) < cfg.num_steps and np.isfinite(curve.losses).all()
+    stop = rt.find_divergence(curve.losses, cfg.beta, cfg.divergence_factor, smoothing)
+    assert stop == len(curve.losses) - 1
+    other = "linear" if smoothing == "log" else "log"
+    assert rt.find_divergence(curve.losses, cfg.beta, cfg.divergence_factor, other) != stop
+    analysis = rt.analyse_curve(curve, cfg)
+    assert analysis.stop == stop and np.isnan(analysis.smoothed[stop])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import click
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -25,13 +24,6 @@ def stage_runs(project: Path, name: str):
         [experiment.experiment_id], filter_string=f"tags.`clrpipe.stage` = '{name}'"
     )
     return client, runs
-
-
-@click.command()
-@click.argument("overrides", nargs=-1)
-def range_test_command(overrides):
-    """What `clrpipe range-test` does: the stage behind the CLI's error handling."""
-    cli._run(stage.run, overrides)
 
 
 def test_stage_writes_bounds_sweep_plot_and_tracks_them(trained_project):
@@ -77,7 +69,7 @@ def test_stage_writes_bounds_sweep_plot_and_tracks_them(trained_project):
     ],
 )
 def test_bad_config_fails_in_one_line_naming_the_key(trained_project, override, key):
-    result = CliRunner().invoke(range_test_command, ["range_test=default", override])
+    result = CliRunner().invoke(cli.main, ["range-test", "range_test=default", override])
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], lines

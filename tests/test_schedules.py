@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from clrpipe import config as clrpipe_config
 from clrpipe.errors import ClrpipeError
+from clrpipe.params import schedule_spec
 from clrpipe.schedules import (
     ConstantLearningRate,
     CyclicalLearningRate,
@@ -23,7 +24,6 @@ from clrpipe.schedules import (
     ScheduledMomentumSGD,
     build_schedule,
     build_sgd,
-    read_config,
 )
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -325,12 +325,12 @@ def test_every_config_file_builds(name):
         "one_cycle": OneCycleLearningRate,
     }.get(name, CyclicalLearningRate)
     assert type(s) is expected
-    assert read_config(cfg)["backend"] == ("tfa" if name == "tfa_triangular" else "keras")
+    assert schedule_spec(cfg).backend == ("tfa" if name == "tfa_triangular" else "keras")
     if name == "one_cycle":
         assert s.total_steps == 160 * 50
-        assert isinstance(build_sgd(s, cfg), ScheduledMomentumSGD)
+        assert isinstance(build_sgd(s, schedule_spec(cfg)), ScheduledMomentumSGD)
     else:
-        assert type(build_sgd(s, cfg)) is keras.optimizers.SGD
+        assert type(build_sgd(s, schedule_spec(cfg))) is keras.optimizers.SGD
 
 
 def test_schedule_group_composes_with_hydra():
@@ -359,25 +359,28 @@ ONE = {"policy": "one_cycle", "maximal_learning_rate": 1e-2, "total_epochs": 5}
         ),
         (BASE | {"step_size_epochs": 0}, "schedule.step_size_epochs: expected a number > 0, got 0"),
         (BASE | {"step_size_epochs": None, "step_size": -3}, "schedule.step_size: expected"),
-        (BASE | {"step_size_epochs": None}, "schedule.step_size: expected a number > 0"),
+        (BASE | {"step_size_epochs": None}, "schedule.step_size: expected a number > 0 (or step_s"),
+        ("abc", "schedule: expected a mapping of keys with a policy, got 'abc'"),
         (BASE | {"step_size": 10}, "schedule.step_size: set either step_size or step_size_epochs"),
         (BASE | {"policy": "triangle"}, "schedule.policy: expected one of constant, triangular"),
         (BASE | {"stepsize": 10}, "schedule.stepsize: unknown key for policy triangular"),
-        (BASE | {"scale_mode": "epochs"}, "schedule.scale_mode: expected one of cycle, iterations"),
+        (BASE | {"scale_mode": "epochs"},
+         "schedule.scale_mode: expected one of 'cycle', 'iterations', got 'epochs'"),
         (BASE | {"gamma": "0.9"}, "schedule.gamma: expected a number, got '0.9'"),
         (BASE | {"initial_learning_rate": True}, "schedule.initial_learning_rate: expected a num"),
-        (BASE | {"initial_learning_rate": 0}, "schedule.initial_learning_rate: expected a number"),
+        (BASE | {"initial_learning_rate": 0},
+         "schedule.initial_learning_rate: expected a number > 0, got 0"),
         (BASE | {"initial_learning_rate": None}, "schedule.initial_learning_rate: null means"),
         (BASE | {"iterations_rows": 0}, "schedule.iterations_rows: expected a number > 0"),
-        (BASE | {"backend": "torch"}, "schedule.backend: expected one of keras, tfa"),
+        (BASE | {"backend": "torch"}, "schedule.backend: expected one of 'keras', 'tfa'"),
         (BASE | {"backend": "tfa", "policy": "exp_range"}, "schedule.scale_mode: tfa 0.23's"),
         ({"policy": "constant", "learning_rate": -1}, "schedule.learning_rate: expected a number"),
         ({"policy": "constant", "step_size": 3}, "schedule.step_size: unknown key for policy"),
         (ONE | {"backend": "tfa"}, "schedule.backend: expected 'keras' for policy one_cycle"),
         (ONE | {"pct_start": 1.0}, "schedule.pct_start: expected a number between 0 and 1"),
-        (ONE | {"anneal": "cosine"}, "schedule.anneal: expected one of cos, linear"),
-        (ONE | {"base_momentum": 0.99}, "schedule.max_momentum: expected a number >= 0.99"),
-        (ONE | {"total_epochs": None}, "schedule.total_steps: expected a number > 0"),
+        (ONE | {"anneal": "cosine"}, "schedule.anneal: expected one of 'cos', 'linear'"),
+        (ONE | {"base_momentum": 0.99}, "schedule.max_momentum: expected a number >= 0.99 (base"),
+        (ONE | {"total_epochs": 3, "total_steps": 9}, "schedule.total_steps: set either total_st"),
         (ONE | {"maximal_learning_rate": None}, "schedule.maximal_learning_rate: null means"),
     ],
 )

@@ -70,7 +70,8 @@ def test_clr_run_is_tracked_completely(clr_run):
     assert run.data.tags["mlflow.source.git.commit"]
 
     cfg = config.load(list(PINNED))
-    expected = tracking.flatten(dict(config.OmegaConf.to_container(cfg, resolve=True)))
+    expected = {k: str(v) for k, v in config.flatten(
+        config.OmegaConf.to_container(cfg, resolve=True)).items()}
     expected["train.clr.epochs"] = str(EPOCHS)
     assert run.data.params == expected
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import signal
 import sys
 import threading
@@ -25,36 +26,28 @@ def main() -> None:
 @OVERRIDES
 def fetch(overrides: tuple[str, ...]) -> None:
     """Make sure the raw table is at data.raw, downloading it with kagglehub if it is not."""
-    from clrpipe.stages import prepare as stage
-
-    _run(stage.fetch, overrides)
+    _run("fetch", overrides)
 
 
 @main.command()
 @OVERRIDES
 def prepare(overrides: tuple[str, ...]) -> None:
     """Load, validate and repair the raw table; write features and a repair report."""
-    from clrpipe.stages import prepare as stage
-
-    _run(stage.run, overrides)
+    _run("prepare", overrides)
 
 
 @main.command()
 @OVERRIDES
 def split(overrides: tuple[str, ...]) -> None:
     """Stratified train/test split and a scaler fitted on the training part only."""
-    from clrpipe.stages import split as stage
-
-    _run(stage.run, overrides)
+    _run("split", overrides)
 
 
 @main.command(name="range-test")
 @OVERRIDES
 def range_test(overrides: tuple[str, ...]) -> None:
     """LR range test: sweep the LR, pick CLR bounds -> metrics/range_test.json."""
-    from clrpipe.stages import range_test as stage
-
-    _run(stage.run, overrides)
+    _run("range_test", overrides)
 
 
 @main.command()
@@ -62,24 +55,24 @@ def range_test(overrides: tuple[str, ...]) -> None:
 @OVERRIDES
 def train(variant: str, overrides: tuple[str, ...]) -> None:
     """Train the network: `baseline` (constant LR) or `clr` (the `schedule:` section)."""
-    from clrpipe.stages import train as stage
-
-    _run(lambda cfg: stage.run(cfg, variant), overrides)
+    _run("train", overrides, variant)
 
 
 @main.command()
 @OVERRIDES
 def compare(overrides: tuple[str, ...]) -> None:
     """Every `compare:` method x seed and gradient boosting, on Ray -> metrics/compare.json."""
-    from clrpipe.stages import compare as stage
-
-    _run(stage.run, overrides)
+    _run("compare", overrides)
 
 
-def _run(stage_run, overrides: tuple[str, ...]) -> None:
+def _run(stage: str, overrides: tuple[str, ...], *args: str) -> None:
+    """Load and validate the whole config (before TensorFlow or MLflow is imported, so a
+    config error is one fast line), then run `clrpipe.stages.<stage>.run(cfg, *args)`."""
     try:
+        cfg = config.load(overrides)
+        config.validated(cfg)
         with _sigterm_interrupts():
-            stage_run(config.load(overrides))
+            importlib.import_module(f"clrpipe.stages.{stage}").run(cfg, *args)
     except ClrpipeError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)

@@ -16,57 +16,32 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats
 
+from clrpipe import params
 from clrpipe.errors import ClrpipeError
+from clrpipe.params import PARAMS_FILE, CompareParams, ConstantSchedule, ScheduleParams
+from clrpipe.stats import Interval, difference_interval, median, t_interval
 
-RATE_KEYS = {"initial_learning_rate": 0, "maximal_learning_rate": 1}
-"""Schedule keys a null fills from the range test's (base_lr, max_lr), by index."""
+__all__ = [
+    "HGB",
+    "MethodSummary",
+    "PlannedMethod",
+    "TrialOutcome",
+    "best_network",
+    "fill_rates",
+    "first_reach",
+    "markdown_table",
+    "plan",
+    "report",
+    "report_markdown",
+    "suggested_constant_lr",
+    "summarize",
+    "uses_hgb",
+]
 
+HGB = "hgb"
+"""The gradient-boosting reference's method name."""
 SUGGESTED_LR = ("geometric_mean", "arithmetic_mean")
-
-
-@dataclass(frozen=True)
-class Interval:
-    """Mean of `n` values and its confidence interval; `low`/`high` are None when n < 2."""
-
-    mean: float
-    low: float | None
-    high: float | None
-    n: int
-
-    @property
-    def half_width(self) -> float | None:
-        return None if self.high is None else self.high - self.mean
-
-
-def t_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
-    """Student-t interval of the mean: mean +- t(1 - a/2, n - 1) * s / sqrt(n)."""
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
-        raise ValueError("t_interval: no values")
-    mean = float(x.mean())
-    if x.size < 2:
-        return Interval(mean, None, None, 1)
-    half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-    return Interval(mean, mean - half, mean + half, int(x.size))
-
-
-def difference_interval(
-    a: Sequence[float], b: Sequence[float], confidence: float = 0.95
-) -> Interval:
-    """Welch interval of mean(a) - mean(b) (unequal variances); None bounds if n < 2 in either."""
-    xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    diff = float(xa.mean() - xb.mean())
-    if xa.size < 2 or xb.size < 2:
-        return Interval(diff, None, None, int(min(xa.size, xb.size)))
-    va, vb = xa.var(ddof=1) / xa.size, xb.var(ddof=1) / xb.size
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return Interval(diff, diff, diff, int(min(xa.size, xb.size)))
-    df = (va + vb) ** 2 / (va**2 / (xa.size - 1) + vb**2 / (xb.size - 1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, df) * se)
-    return Interval(diff, diff - half, diff + half, int(min(xa.size, xb.size)))
 
 
 def suggested_constant_lr(bounds: tuple[float, float], rule: str = "geometric_mean") -> float:
@@ -81,25 +56,44 @@ def suggested_constant_lr(bounds: tuple[float, float], rule: str = "geometric_me
     raise ValueError(f"suggested_lr: expected one of {', '.join(SUGGESTED_LR)}, got {rule!r}")
 
 
-def fill_rates(
-    schedule: Mapping, bounds: tuple[float, float] | None, rule: str, where: str
-) -> dict:
-    """A copy of a `schedule:`-style mapping whose null learning rates are the range test's:
-    CLR/one-cycle bounds from (base_lr, max_lr), a constant's rate from `suggested_constant_lr`.
-    `where` names the mapping in the error when a rate is null and no bounds are known."""
-    filled = dict(schedule)
-    nulls = [k for k in (*RATE_KEYS, "learning_rate") if k in filled and filled[k] is None]
-    if nulls and bounds is None:
-        raise ClrpipeError(
-            f"{where}.{nulls[0]}: null means 'from the range test', but metrics/range_test.json "
-            "was not found (run `clrpipe range-test` first or set a number)"
-        )
-    for key in nulls:
-        if key == "learning_rate":
-            filled[key] = suggested_constant_lr(bounds, rule)
-        else:
-            filled[key] = bounds[RATE_KEYS[key]]
-    return filled
+def fill_rates(spec: ScheduleParams, bounds: tuple[float, float] | None, rule: str,
+               where: str) -> ScheduleParams:
+    """`spec` with its null learning rates taken from the range test: CLR/one-cycle bounds from
+    (base_lr, max_lr), a constant's rate from `suggested_constant_lr`. `where` names the
+    schedule in the error when a rate is null and no bounds are known."""
+    if isinstance(spec, ConstantSchedule) and spec.learning_rate is None and bounds is not None:
+        spec = spec.model_copy(update={"learning_rate": suggested_constant_lr(bounds, rule)})
+    return params.fill_bounds(spec, bounds, where)
+
+
+@dataclass(frozen=True)
+class PlannedMethod:
+    """A network method ready to train: its schedule (rates filled), batch size and epochs."""
+
+    schedule: ScheduleParams
+    batch_size: int
+    epochs: int
+
+
+def plan(compare: CompareParams, bounds: tuple[float, float] | None) -> dict[str, PlannedMethod]:
+    """The network methods `compare.select` keeps (all when null), rates filled from `bounds`,
+    so a missing bound fails before any training or run starts."""
+    chosen = compare.select if compare.select is not None else [*compare.methods, HGB]
+    planned = {}
+    for name in (n for n in compare.methods if n in chosen):
+        method = compare.methods[name]
+        where = f"{PARAMS_FILE}: compare.methods.{name}.schedule"
+        if method.schedule.backend != "keras":
+            raise ClrpipeError(f"{where}.backend: expected 'keras' in a comparison, got "
+                               f"{method.schedule.backend!r}")
+        spec = fill_rates(method.schedule, bounds, compare.suggested_lr, where)
+        planned[name] = PlannedMethod(spec, method.batch_size, method.epochs or compare.epochs)
+    return planned
+
+
+def uses_hgb(compare: CompareParams) -> bool:
+    """Whether the gradient-boosting reference runs (configured, and selected)."""
+    return compare.hgb is not None and (compare.select is None or HGB in compare.select)
 
 
 @dataclass(frozen=True)
@@ -163,11 +157,6 @@ class MethodSummary:
         }
 
 
-def _median_or_none(values: Iterable[float | None]) -> float | None:
-    median = float(np.median([math.inf if v is None else v for v in values]))
-    return None if math.isinf(median) else median
-
-
 def summarize(
     outcomes: Iterable[TrialOutcome], target: float, confidence: float = 0.95
 ) -> dict[str, MethodSummary]:
@@ -189,8 +178,8 @@ def summarize(
             test_accuracy=t_interval(accuracy, confidence),
             test_accuracy_sd=float(np.std(accuracy, ddof=1)) if len(accuracy) > 1 else 0.0,
             reached=sum(epoch is not None for epoch, _ in reach),
-            epochs_to_target=_median_or_none(epoch for epoch, _ in reach),
-            seconds_to_target=_median_or_none(seconds for _, seconds in reach),
+            epochs_to_target=median((epoch for epoch, _ in reach), missing="worst"),
+            seconds_to_target=median((seconds for _, seconds in reach), missing="worst"),
             train_seconds=float(np.mean([sum(t.epoch_seconds) for t in trials])),
             final_loss=float(np.mean([t.final_loss for t in trials])),
             test_loss=float(np.mean([t.test_loss for t in trials])),
@@ -239,3 +228,58 @@ def best_network(summaries: Mapping[str, MethodSummary]) -> MethodSummary | None
     """The iterative method with the highest mean test accuracy."""
     networks = [s for s in summaries.values() if s.iterative]
     return max(networks, key=lambda s: s.test_accuracy.mean) if networks else None
+
+
+def report(compare: CompareParams, methods: Mapping[str, PlannedMethod],
+           summaries: Mapping[str, MethodSummary], seeds: Sequence[int], seconds: float) -> dict:
+    """`metrics/compare.json`'s content (with the table): summaries, the learning rates each
+    method used, and the best network against gradient boosting (Welch interval)."""
+    best = best_network(summaries)
+    found: dict = {
+        "target_accuracy": compare.target_accuracy,
+        "confidence": compare.confidence,
+        "seeds": len(seeds),
+        "first_seed": seeds[0],
+        "methods": {name: s.as_dict() for name, s in summaries.items()},
+        "learning_rates": {
+            name: {k: v for k, v in m.schedule.model_dump().items() if "learning_rate" in k}
+            for name, m in methods.items()
+        },
+        "best_network": best.method if best else None,
+        "seconds": seconds,
+    }
+    if best is not None and HGB in summaries:
+        diff = difference_interval(
+            best.per_seed_accuracy, summaries[HGB].per_seed_accuracy, compare.confidence
+        )
+        found["best_minus_hgb"] = {"mean": diff.mean, "ci_low": diff.low, "ci_high": diff.high}
+    found["table"] = markdown_table(summaries, compare.target_accuracy, compare.confidence)
+    return found
+
+
+def report_markdown(found: dict) -> str:
+    """`reports/compare.md`: the table plus one line on the best network against boosting."""
+    lines = [
+        f"# Comparison over {found['seeds']} seeds (first seed {found['first_seed']})", "",
+        found["table"],
+    ]
+    best = found["best_network"]
+    if "best_minus_hgb" in found:
+        d = found["best_minus_hgb"]
+        interval = (
+            "" if d["ci_low"] is None
+            else f" ({100 * found['confidence']:g}% Welch interval "
+                 f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}])"
+        )
+        lines.append(
+            f"Best network: {best}, {100 * d['mean']:+.2f} points of test accuracy against "
+            f"gradient boosting{interval}."
+        )
+    elif best is not None:
+        lines.append(f"Best network: {best}.")
+    rates = ", ".join(
+        f"{name} " + "/".join(f"{v:.3g}" for v in lrs.values())
+        for name, lrs in found["learning_rates"].items()
+    )
+    lines += ["", f"Learning rates used: {rates}.", ""]
+    return "\n".join(lines)

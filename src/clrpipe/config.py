@@ -8,20 +8,27 @@ sets a value that must already exist (`+section.key=value` adds one), and `group
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel
 
-from clrpipe.errors import ClrpipeError
+from clrpipe import params
+from clrpipe.errors import ClrpipeError, first_line
+from clrpipe.params import PARAMS_FILE, Params
 
-PARAMS_FILE = Path("params.yaml")
+__all__ = ["CONF_DIR", "PARAMS_FILE", "compose", "flatten", "load", "project_root", "reads",
+           "section", "validated"]
+
 CONF_DIR = Path("conf")
 
 
@@ -35,8 +42,8 @@ def load(
         raise ClrpipeError(f"{params_file}: not found; run clrpipe from the project root")
     try:
         cfg = OmegaConf.load(params_file)
-    except (OmegaConfBaseException, ValueError) as err:
-        raise ClrpipeError(f"{params_file}: not valid YAML ({_first_line(err)})") from err
+    except (OmegaConfBaseException, yaml.YAMLError, ValueError) as err:
+        raise ClrpipeError(f"{params_file}: not valid YAML ({first_line(err)})") from err
     if not isinstance(cfg, DictConfig):
         raise ClrpipeError(f"{params_file}: expected a mapping of sections at the top level")
     for override in _parse(overrides):
@@ -50,41 +57,54 @@ def compose(overrides: list[str] | tuple[str, ...] = (), conf_dir: Path = CONF_D
         with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base="1.3"):
             return hydra_compose(config_name="config", overrides=list(overrides))
     except HydraException as err:
-        raise ClrpipeError(f"{conf_dir}: {_first_line(err)}") from err
+        raise ClrpipeError(f"{conf_dir}: {first_line(err)}") from err
 
 
-class Section(BaseModel):
-    """Base of the typed view of one params.yaml section: unknown keys are errors, not ignored."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def section_node(cfg: DictConfig, name: str) -> DictConfig:
-    """The raw section `name`, for sections validated by their own module (e.g. `schedule`)."""
-    node = OmegaConf.select(cfg, name, default=None)
-    if not isinstance(node, DictConfig):
-        raise ClrpipeError(f"{PARAMS_FILE}: missing section '{name}'")
-    return node
+def validated(cfg: DictConfig) -> Params:
+    """The whole config checked against `Params`: every section, whichever stage runs."""
+    return params.parse(Params, _container(cfg), where="", prefix=f"{PARAMS_FILE}: ")
 
 
-SectionT = TypeVar("SectionT", bound=Section)
+ReadsT = TypeVar("ReadsT", bound=BaseModel)
 
 
-def section(cfg: DictConfig, name: str, model: type[SectionT]) -> SectionT:
-    """Validate section `name` of the config against `model`, failing with the dotted key."""
+def reads(cfg: DictConfig, model: type[ReadsT]) -> ReadsT:
+    """A stage's projection `model` of the config, after the whole config is validated."""
+    validated(cfg)
+    return params.parse(model, _container(cfg), where="", prefix=f"{PARAMS_FILE}: ")
+
+
+def section(cfg: DictConfig, name: str, model: type[ReadsT]) -> ReadsT:
+    """Section `name` of the config validated against `model`, failing with the dotted key."""
     raw = OmegaConf.select(cfg, name, default=None)
     if raw is None:
         raise ClrpipeError(f"{PARAMS_FILE}: missing section '{name}'")
     values = OmegaConf.to_container(raw, resolve=True) if isinstance(raw, DictConfig) else raw
+    return params.parse(model, values, where=name, prefix=f"{PARAMS_FILE}: ")
+
+
+def flatten(mapping: Mapping, prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`: nested keys joined with dots, leaves kept as they are."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def project_root() -> Path:
+    """$DVC_ROOT when DVC runs the stage, else the working directory."""
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+def _container(cfg: DictConfig) -> dict:
     try:
-        return model.model_validate(values)
-    except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(part) for part in (name, *first["loc"]))
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] not in ("missing", "value_error"):
-            message = f"{message.lower()}, got {first.get('input')!r}"
-        raise ClrpipeError(f"{PARAMS_FILE}: {key}: {message}") from None
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        raise ClrpipeError(f"{PARAMS_FILE}: {first_line(err)}") from None
 
 
 def _parse(overrides: list[str] | tuple[str, ...]) -> list:
@@ -94,7 +114,7 @@ def _parse(overrides: list[str] | tuple[str, ...]) -> list:
         try:
             parsed.extend(parser.parse_overrides([text]))
         except HydraException as err:
-            reason = _first_line(err)
+            reason = first_line(err)
             raise ClrpipeError(f"override '{text}': expected key=value ({reason})") from err
     return parsed
 
@@ -118,7 +138,3 @@ def _apply(cfg: DictConfig, override, params_file: Path, conf_dir: Path) -> None
 
 
 _ABSENT = object()
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

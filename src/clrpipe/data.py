@@ -30,9 +30,9 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaError, SchemaErrors
-from pydantic import BaseModel, ConfigDict, field_validator
 
 from clrpipe.errors import ClrpipeError
+from clrpipe.params import Limits
 
 TARGET = "cardio"
 IGNORED_COLUMNS = ("id",)
@@ -85,28 +85,6 @@ FEATURES = (
     "alco",
     "active",
 )
-
-
-Range = tuple[float, float]
-
-
-class Limits(BaseModel):
-    """Physiologically plausible ranges (inclusive) that the repair rules aim for."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    ap_hi: Range = (60, 250)
-    ap_lo: Range = (30, 200)
-    height: Range = (120, 220)
-    weight: Range = (30, 250)
-    bmi: Range = (12, 80)
-
-    @field_validator("*")
-    @classmethod
-    def _ordered(cls, value: Range) -> Range:
-        if not 0 < value[0] < value[1]:
-            raise ValueError(f"expected [low, high] with 0 < low < high, got {list(value)}")
-        return value
 
 
 def parse_csv(raw: bytes, source: str) -> tuple[pd.DataFrame, list[str]]:

@@ -1,5 +1,15 @@
 """The one exception type a user sees: a one-line message naming the file, column or key."""
 
+from __future__ import annotations
+
+__all__ = ["ClrpipeError", "first_line"]
+
 
 class ClrpipeError(Exception):
     """Bad input or configuration; the CLI prints the message on one line and exits non-zero."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message, or its type's name when the message is empty."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

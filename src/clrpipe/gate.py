@@ -31,8 +31,9 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from clrpipe.config import Section
+from clrpipe.config import flatten
 from clrpipe.errors import ClrpipeError
+from clrpipe.params import Section
 
 BENCH_PREFIX = "bench"
 
@@ -97,16 +98,12 @@ def parse_reference(raw: object, source: str) -> Reference:
         raise ClrpipeError(f"{source}: {key.lstrip('.') or 'top level'}: {message}") from None
 
 
-def flatten(mapping: Mapping, prefix: str = "") -> dict[str, float]:
+def numeric_leaves(mapping: Mapping, prefix: str = "") -> dict[str, float]:
     """Numeric leaves of nested mappings as `a.b.c` -> float (booleans as 1 / 0)."""
-    flat: dict[str, float] = {}
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        elif isinstance(value, bool | int | float):
-            flat[name] = float(value)
-    return flat
+    return {
+        f"{prefix}{key}": float(value) for key, value in flatten(mapping).items()
+        if isinstance(value, bool | int | float)
+    }
 
 
 def bounds(check: Check, reference: float | None) -> tuple[float | None, float | None, str]:
@@ -250,7 +247,7 @@ def load_metrics_dir(folder: Path) -> dict[str, float]:
     for path in sorted(folder.glob("*.json")):
         found = load_json(path, "a metrics file (a JSON object)")
         if isinstance(found, dict):
-            metrics.update(flatten(found, f"{path.stem}."))
+            metrics.update(numeric_leaves(found, f"{path.stem}."))
     return metrics
 
 
@@ -258,7 +255,7 @@ def load_bench(path: Path) -> dict[str, float]:
     found = load_json(path, "the benchmark's --json output")
     if not isinstance(found, dict):
         raise ClrpipeError(f"{path}: expected a JSON object (bench/benchmark.py --json)")
-    return flatten(found, f"{BENCH_PREFIX}.")
+    return numeric_leaves(found, f"{BENCH_PREFIX}.")
 
 
 def dvc_metrics_diff(rev: str) -> dict:
@@ -299,8 +296,8 @@ def run(
         diff = dvc_metrics_diff(against)
         parts.append(diff_markdown(diff, against))
         old, new = split_diff(diff)
-        baseline = flatten(old)
-        current.update(flatten(new))
+        baseline = numeric_leaves(old)
+        current.update(numeric_leaves(new))
     else:
         current.update(load_metrics_dir(metrics_dir))
     if checks is None:

@@ -4,30 +4,10 @@ with optional dropout after each hidden layer and L2 on the hidden kernels."""
 from __future__ import annotations
 
 import keras
-from pydantic import Field, field_validator
 
-from clrpipe.config import Section
+from clrpipe.params import ModelParams
 
-
-class ModelParams(Section):
-    """`model:` hidden layer sizes, activation, initializer and regularization."""
-
-    units: list[int] = Field(min_length=2, max_length=2)
-    activation: str = "relu"
-    kernel_initializer: str = "glorot_uniform"
-    dropout: float = Field(default=0.0, ge=0, lt=1)
-    l2: float = Field(default=0.0, ge=0)
-
-    @field_validator("activation", "kernel_initializer")
-    @classmethod
-    def _known_to_keras(cls, name: str, info) -> str:
-        lookup = {"activation": keras.activations.get, "kernel_initializer": keras.initializers.get}
-        try:
-            lookup[info.field_name](name)
-        except ValueError:
-            kind = info.field_name.replace("kernel_", "")
-            raise ValueError(f"expected a Keras {kind} name, got {name!r}") from None
-        return name
+__all__ = ["build_model"]
 
 
 def build_model(params: ModelParams, n_features: int, seed: int) -> keras.Sequential:

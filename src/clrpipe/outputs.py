@@ -23,7 +23,8 @@ def atomic_outputs(*targets: str | os.PathLike) -> Iterator[list[Path]]:
     try:
         for final in finals:
             final.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+            fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=final.suffix or ".tmp",
+                                        dir=final.parent)
             os.close(fd)
             temps.append(Path(name))
         yield temps

@@ -55,18 +55,43 @@ diverged nor rose off its floor (widen the range). `confident` is true only when
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from clrpipe.errors import ClrpipeError
+from clrpipe.params import RangeTestParams
+from clrpipe.stats import median
 
-MODES = ("linear", "exponential")
-SMOOTHINGS = ("log", "linear")
+__all__ = [
+    "COMPARED_METHODS",
+    "METHODS",
+    "Curve",
+    "CurveAnalysis",
+    "DivergenceMonitor",
+    "RangeTestResult",
+    "Spread",
+    "Suggestions",
+    "accuracy_bounds",
+    "aggregate",
+    "analyse",
+    "analyse_curve",
+    "edge_index",
+    "ema_debiased",
+    "find_divergence",
+    "lr_schedule",
+    "minimum",
+    "smooth_losses",
+    "smooth_two_sided",
+    "steepest",
+    "valley",
+    "valley_span",
+]
+
 LOG_FLOOR = 1e-12
-MIN_STEPS = 10
+STAGE_KEYS = {"validation_rows", "batch_size"}  # the stage's, not the analysis's
 SKIP_START_FRACTION = 0.1
 SLOPE_HALF_WIDTH = 0.1
 MIN_POINTS = 5
@@ -82,80 +107,7 @@ METHODS = ("steepest", "valley", "minimum", "loss_max", "accuracy_base", "accura
 COMPARED_METHODS = ("steepest", "loss_max", "accuracy_max")
 
 
-@dataclass(frozen=True)
-class RangeTestConfig:
-    """Settings of the `range_test:` section; build it with `validate_config`."""
-
-    min_lr: float = 1e-4
-    max_lr: float = 10.0
-    num_steps: int = 400
-    mode: str = "exponential"
-    beta: float = 0.98
-    divergence_factor: float = 4.0
-    seeds: int = 3
-    seed: int = 0
-    val_every: int = 10
-    smoothing: str = "log"
-
-    def seed_list(self) -> list[int]:
-        """The seeds of the sweeps: `seed`, `seed + 1`, ..., `seed + seeds - 1`."""
-        return [self.seed + i for i in range(self.seeds)]
-
-
-def validate_config(section: Mapping[str, Any] | None, key: str = "range_test") -> RangeTestConfig:
-    """Check a `range_test:` mapping and return it as a config; fail naming the bad key.
-
-    Missing keys take the defaults of `RangeTestConfig`; unknown keys are errors (typos would
-    otherwise be silently ignored).
-    """
-    values = dict(section or {})
-    known = tuple(RangeTestConfig.__dataclass_fields__)
-    for name in values:
-        if name not in known:
-            raise ClrpipeError(f"{key}.{name}: unknown key; expected one of {', '.join(known)}")
-    cfg = {**asdict(RangeTestConfig()), **values}
-    for name in ("min_lr", "max_lr", "beta", "divergence_factor"):
-        cfg[name] = _number(cfg[name], f"{key}.{name}")
-    for name in ("num_steps", "seeds", "seed", "val_every"):
-        cfg[name] = _integer(cfg[name], f"{key}.{name}")
-    if not cfg["min_lr"] > 0:
-        raise ClrpipeError(f"{key}.min_lr: expected > 0, got {cfg['min_lr']}")
-    if not cfg["min_lr"] < cfg["max_lr"]:
-        raise ClrpipeError(
-            f"{key}.min_lr: expected < {key}.max_lr ({cfg['max_lr']}), got {cfg['min_lr']}"
-        )
-    if cfg["num_steps"] < MIN_STEPS:
-        raise ClrpipeError(f"{key}.num_steps: expected >= {MIN_STEPS}, got {cfg['num_steps']}")
-    if cfg["smoothing"] not in SMOOTHINGS:
-        choices = ", ".join(repr(m) for m in SMOOTHINGS)
-        raise ClrpipeError(f"{key}.smoothing: expected one of {choices}, got {cfg['smoothing']!r}")
-    if cfg["mode"] not in MODES:
-        choices = ", ".join(repr(m) for m in MODES)
-        raise ClrpipeError(f"{key}.mode: expected one of {choices}, got {cfg['mode']!r}")
-    if not 0 < cfg["beta"] < 1:
-        raise ClrpipeError(f"{key}.beta: expected 0 < beta < 1, got {cfg['beta']}")
-    if not cfg["divergence_factor"] > 1:
-        raise ClrpipeError(f"{key}.divergence_factor: expected > 1, got {cfg['divergence_factor']}")
-    if cfg["seeds"] < 1:
-        raise ClrpipeError(f"{key}.seeds: expected >= 1, got {cfg['seeds']}")
-    if cfg["val_every"] < 0:
-        raise ClrpipeError(f"{key}.val_every: expected >= 0 (0 = off), got {cfg['val_every']}")
-    return RangeTestConfig(**cfg)
-
-
-def _number(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ClrpipeError(f"{key}: expected a finite number, got {value!r}")
-    return float(value)
-
-
-def _integer(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ClrpipeError(f"{key}: expected an integer, got {value!r}")
-    return value
-
-
-def lr_schedule(cfg: RangeTestConfig) -> np.ndarray:
+def lr_schedule(cfg: RangeTestParams) -> np.ndarray:
     """The LR of each of the `num_steps` batches: linear (Smith) or geometric (fastai)."""
     t = np.linspace(0.0, 1.0, cfg.num_steps)
     if cfg.mode == "linear":
@@ -438,7 +390,7 @@ class CurveAnalysis:
         ]
 
 
-def analyse_curve(curve: Curve, config: RangeTestConfig) -> CurveAnalysis:
+def analyse_curve(curve: Curve, config: RangeTestParams) -> CurveAnalysis:
     """Find divergence (causal EMA), smooth without lag, apply every suggestion rule to one seed."""
     ema = smooth_losses(curve.losses, config.beta, config.smoothing)
     stop = find_divergence(curve.losses, config.beta, config.divergence_factor, config.smoothing)
@@ -481,10 +433,6 @@ def analyse_curve(curve: Curve, config: RangeTestConfig) -> CurveAnalysis:
     return CurveAnalysis(curve, ema, smoothed, stop, sugg)
 
 
-def _geomean(values: Sequence[float]) -> float:
-    return float(10.0 ** np.mean(np.log10(values)))
-
-
 # Across seeds -------------------------------------------------------------------------------
 
 
@@ -511,7 +459,7 @@ class Spread:
 class RangeTestResult:
     """Bounds chosen over all seeds, how sure they are, and every seed's analysis."""
 
-    config: RangeTestConfig
+    config: RangeTestParams
     analyses: list[CurveAnalysis]
     base_lr: float
     max_lr: float
@@ -529,6 +477,19 @@ class RangeTestResult:
         """True when methods and seeds agree and every sweep reached its divergence edge."""
         return not (self.methods_disagree or self.seeds_disagree or self.no_divergence)
 
+    @property
+    def suggestions(self) -> dict[str, float | None]:
+        """Each rule's median suggestion over seeds (steepest, valley, minimum, loss_max, ...)."""
+        return dict(self.method_medians)
+
+    def plot(self, ax=None, *, accuracy_ax=None):
+        """Smoothed loss against LR (log x), one line per seed with its raw loss faint, and the
+        bounds marked; held-out accuracy on `accuracy_ax` when given. Returns the loss Axes (a
+        new figure's when `ax` is None)."""
+        from clrpipe import plots
+
+        return plots.range_test_axes(self, ax, accuracy_ax)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON summary for `metrics/range_test.json`."""
         div = [a.suggestions.divergence_lr for a in self.analyses]
@@ -545,9 +506,9 @@ class RangeTestResult:
             "seed_spread_factor": SEED_SPREAD_FACTOR,
             "spread": {"base_lr": asdict(self.base_spread), "max_lr": asdict(self.max_spread)},
             "suggestions": dict(self.method_medians),
-            "divergence_lr": _median_or_none(div),
+            "divergence_lr": median(div),
             "per_seed": [a.suggestions.to_dict() for a in self.analyses],
-            "config": asdict(self.config),
+            "config": self.config.model_dump(exclude=STAGE_KEYS),
         }
 
     def rows(self) -> list[dict[str, Any]]:
@@ -555,12 +516,7 @@ class RangeTestResult:
         return [row for a in self.analyses for row in a.rows()]
 
 
-def _median_or_none(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return float(np.median(present)) if present else None
-
-
-def aggregate(analyses: Sequence[CurveAnalysis], config: RangeTestConfig) -> RangeTestResult:
+def aggregate(analyses: Sequence[CurveAnalysis], config: RangeTestParams) -> RangeTestResult:
     """Combine per-seed analyses into median bounds, spreads and disagreement flags."""
     usable = [a for a in analyses if a.suggestions.max_lr is not None]
     if not usable:
@@ -574,7 +530,7 @@ def aggregate(analyses: Sequence[CurveAnalysis], config: RangeTestConfig) -> Ran
     base_lr, max_lr = base_spread.median, max_spread.median
     if not base_lr < max_lr:
         base_lr = max_lr / BASE_DIVISOR
-    medians = {m: _median_or_none([getattr(a.suggestions, m) for a in usable]) for m in METHODS}
+    medians = {m: median([getattr(a.suggestions, m) for a in usable]) for m in METHODS}
     compared = [medians[m] for m in COMPARED_METHODS if medians[m] is not None]
     ratio = max(compared) / min(compared) if compared else 1.0
     rules = {a.suggestions.rule for a in usable}
@@ -594,6 +550,6 @@ def aggregate(analyses: Sequence[CurveAnalysis], config: RangeTestConfig) -> Ran
     )
 
 
-def analyse(curves: Sequence[Curve], config: RangeTestConfig) -> RangeTestResult:
+def analyse(curves: Sequence[Curve], config: RangeTestParams) -> RangeTestResult:
     """Analyse every seed's curve with the config's smoothing and divergence settings."""
     return aggregate([analyse_curve(c, config) for c in curves], config)

@@ -22,28 +22,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from clrpipe import keras_private
 from clrpipe.errors import ClrpipeError
-from clrpipe.range_test import (
-    Curve,
-    DivergenceMonitor,
-    RangeTestConfig,
-    RangeTestResult,
-    analyse,
-    lr_schedule,
-)
+from clrpipe.params import RangeTestParams
+from clrpipe.range_test import Curve, DivergenceMonitor, RangeTestResult, analyse, lr_schedule
 
-_GLOBAL_SEED_GENERATOR = "global_seed_generator"
+__all__ = ["preserved_state", "run_range_test", "sweep"]
 
 
 @contextlib.contextmanager
 def preserved_state(model: keras.Model, *optimizers: Any) -> Iterator[None]:
     """Restore model variables, optimizer variables and all global RNG state on exit."""
-    from keras.src.backend.common import global_state
-
     model_values = [v.numpy() for v in model.variables]
     opt_values = [[v.numpy() for v in o.variables] for o in optimizers if o is not None]
     np_state, py_state = np.random.get_state(), random.getstate()
-    gen = global_state.get_global_attribute(_GLOBAL_SEED_GENERATOR)
+    gen = keras_private.global_seed_generator()
     gen_state = gen.state.numpy() if gen is not None else None
     try:
         yield
@@ -57,14 +50,14 @@ def preserved_state(model: keras.Model, *optimizers: Any) -> Iterator[None]:
         random.setstate(py_state)
         if gen is not None:
             gen.state.assign(gen_state)
-        global_state.set_global_attribute(_GLOBAL_SEED_GENERATOR, gen)
+        keras_private.set_global_seed_generator(gen)
 
 
 def run_range_test(
     model: keras.Model,
     x: np.ndarray,
     y: np.ndarray,
-    config: RangeTestConfig,
+    config: RangeTestParams,
     *,
     batch_size: int,
     optimizer: keras.optimizers.Optimizer | None = None,
@@ -99,7 +92,7 @@ def sweep(
     model: keras.Model,
     x: np.ndarray,
     y: np.ndarray,
-    config: RangeTestConfig,
+    config: RangeTestParams,
     *,
     batch_size: int,
     optimizer: keras.optimizers.Optimizer | None = None,
@@ -172,7 +165,7 @@ def _sweep_one(
 ) -> Curve:
     """One seed's sweep: set the LR, train a batch, record, stop at divergence."""
     n_batches = x.shape[0] // batch_size
-    monitor = DivergenceMonitor(config.beta, config.divergence_factor)
+    monitor = DivergenceMonitor(config.beta, config.divergence_factor, config.smoothing)
     losses: list[float] = []
     val_steps: list[int] = []
     val_loss: list[float] = []

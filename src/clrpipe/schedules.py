@@ -10,8 +10,8 @@ schedule, and training resumes at the restored `optimizer.iterations`.
 (tfa's stored lambda made saved models unloadable, tensorflow/addons#2380) and accepts int32
 and int64 step counters (tfa's triangular2/exp_range crash on an int64 step, PR #2756).
 
-`build_schedule` turns the `schedule:` section of `params.yaml` into a schedule and rejects a
-bad section with a one-line `ClrpipeError` naming the key, before any training starts.
+`build_schedule` turns a `schedule:` section (validated by `clrpipe.params.ScheduleParams`)
+into a schedule, filling null learning rates from the range test.
 """
 
 from __future__ import annotations
@@ -23,11 +23,23 @@ from typing import Any
 import keras
 from keras import ops
 
+from clrpipe import keras_private, params
 from clrpipe.errors import ClrpipeError
+from clrpipe.params import ConstantSchedule, CyclicalSchedule, OneCycleSchedule, ScheduleParams
+
+__all__ = [
+    "ConstantLearningRate",
+    "CyclicalLearningRate",
+    "OneCycleLearningRate",
+    "OneCycleMomentum",
+    "ScheduledMomentumSGD",
+    "build_schedule",
+    "build_sgd",
+]
 
 LearningRateSchedule = keras.optimizers.schedules.LearningRateSchedule
 
-POLICIES = ("triangular", "triangular2", "exp_range")
+POLICIES = params.CYCLICAL
 SCALE_MODES = ("cycle", "iterations")
 ANNEALS = ("cos", "linear")
 
@@ -302,7 +314,7 @@ class ScheduledMomentumSGD(keras.optimizers.SGD):
         learning_rate = ops.cast(learning_rate, variable.dtype)
         gradient = ops.cast(gradient, variable.dtype)
         momentum = ops.cast(self.momentum_schedule(self.iterations), variable.dtype)
-        m = self.momentums[self._get_variable_index(variable)]
+        m = keras_private.slot(self, self.momentums, variable)
         step = ops.multiply(gradient, learning_rate)
         self.assign(m, ops.subtract(ops.multiply(m, momentum), step))
         if self.nesterov:
@@ -348,198 +360,64 @@ class ConstantLearningRate(LearningRateSchedule):
         return {"learning_rate": self.learning_rate, "name": self.name}
 
 
-# --- configuration -------------------------------------------------------------------------
-
-SECTION = "schedule"
-BACKENDS = ("keras", "tfa")
-_CYCLICAL_KEYS = {
-    "initial_learning_rate": None,
-    "maximal_learning_rate": None,
-    "step_size": None,
-    "step_size_epochs": None,
-    "iterations_rows": None,
-    "scale_mode": None,
-    "gamma": 1.0,
-}
-KEYS: dict[str, dict[str, Any]] = {
-    "constant": {"learning_rate": None},
-    **{policy: _CYCLICAL_KEYS for policy in POLICIES},
-    "one_cycle": {
-        "maximal_learning_rate": None,
-        "total_steps": None,
-        "total_epochs": None,
-        "iterations_rows": None,
-        "pct_start": 0.25,
-        "div_factor": 25.0,
-        "final_div_factor": 1e4,
-        "anneal": "cos",
-        "cycle_momentum": False,
-        "max_momentum": 0.95,
-        "base_momentum": 0.85,
-    },
-}
-"""Keys each policy accepts besides `policy` and `backend`, with their defaults."""
-
-
-def _fail(key: str, expected: str, got: Any) -> ClrpipeError:
-    return ClrpipeError(f"{SECTION}.{key}: expected {expected}, got {_show(got)}")
-
-
-def _show(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return repr(value)
-
-
-def _number(cfg: Mapping, key: str, *, low: float | None = None, strict: bool = True) -> float:
-    value = cfg[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _fail(key, "a number", value)
-    if low is not None and (value <= low if strict else value < low):
-        raise _fail(key, f"a number {'>' if strict else '>='} {low:g}", value)
-    return value
-
-
-def _choice(cfg: Mapping, key: str, choices: tuple[str, ...]) -> str:
-    if cfg[key] not in choices:
-        raise _fail(key, f"one of {', '.join(choices)}", cfg[key])
-    return cfg[key]
-
-
-def _steps_per_epoch(cfg: Mapping, train_rows: int, batch_size: int) -> int:
-    """ceil(rows / batch), rows being the real training-set size unless `iterations_rows` set."""
-    rows = train_rows if cfg["iterations_rows"] is None else _number(cfg, "iterations_rows", low=0)
-    return math.ceil(rows / batch_size)
-
-
-def _steps(cfg: Mapping, key: str, epochs_key: str, per_epoch: int, fallback=None) -> float:
-    """A step count given either directly (`key`) or in epochs (`epochs_key`)."""
-    if cfg[key] is not None and cfg[epochs_key] is not None:
-        raise ClrpipeError(f"{SECTION}.{key}: set either {key} or {epochs_key}, not both")
-    if cfg[key] is not None:
-        return _number(cfg, key, low=0)
-    if cfg[epochs_key] is not None:
-        steps = _number(cfg, epochs_key, low=0) * per_epoch
-        return int(steps) if float(steps).is_integer() else steps
-    if fallback is not None:
-        if isinstance(fallback, bool) or not isinstance(fallback, int) or fallback <= 0:
-            raise ClrpipeError(f"epochs: expected a positive integer, got {fallback!r}")
-        return fallback * per_epoch
-    raise _fail(key, f"a number > 0 (or {epochs_key})", None)
-
-
-def _rate(cfg: Mapping, key: str, bound: float | None) -> float:
-    """A learning rate from the config, or from the range test's `bound` when it is null."""
-    if cfg[key] is None:
-        if bound is None:
-            raise ClrpipeError(
-                f"{SECTION}.{key}: null means 'from the range test', but no range-test "
-                "bounds were given (run the range-test stage first or set a number)"
-            )
-        return bound
-    return _number(cfg, key, low=0)
-
-
-def read_config(cfg: Mapping) -> dict[str, Any]:
-    """The schedule section with defaults filled in; unknown keys and policies are errors."""
-    if not isinstance(cfg, Mapping):
-        raise ClrpipeError(f"{SECTION}: expected a mapping of keys, got {_show(cfg)}")
-    cfg = dict(cfg.items())
-    policy = cfg.pop("policy", "triangular")
-    if policy not in KEYS:
-        raise _fail("policy", f"one of {', '.join(KEYS)}", policy)
-    backend = cfg.pop("backend", "keras")
-    if backend not in BACKENDS:
-        raise _fail("backend", f"one of {', '.join(BACKENDS)}", backend)
-    for key in cfg:
-        if key not in KEYS[policy]:
-            raise ClrpipeError(
-                f"{SECTION}.{key}: unknown key for policy {policy}; "
-                f"expected one of {', '.join(['policy', 'backend', *KEYS[policy]])}"
-            )
-    return {"policy": policy, "backend": backend, **KEYS[policy], **cfg}
+# --- from configuration ---------------------------------------------------------------------
 
 
 def build_schedule(
-    cfg: Mapping,
+    spec: ScheduleParams | Mapping,
     train_rows: int,
     batch_size: int,
     *,
     bounds: tuple[float, float] | None = None,
     epochs: int | None = None,
+    where: str = "schedule",
 ) -> LearningRateSchedule:
-    """Build the schedule described by the `schedule:` config section.
+    """The schedule a `schedule:` section describes (a `params.ScheduleParams`, or a mapping
+    validated into one), for a run of `train_rows` rows at `batch_size`.
 
-    `train_rows` is the real training-set size; iterations per epoch are
-    ceil(train_rows / batch_size) unless `iterations_rows` overrides the row count (70000
-    reproduces the article's 200 steps per epoch instead of the correct 160). `bounds` =
-    (base, max) from the range test fills learning rates left null; `epochs` (the run's
-    length) sizes a one-cycle schedule whose `total_steps`/`total_epochs` are null.
-    Any invalid key raises a one-line `ClrpipeError` naming it.
+    Iterations per epoch are ceil(train_rows / batch_size) unless `iterations_rows` overrides
+    the row count (70000 reproduces the article's 200 steps per epoch instead of the correct
+    160). `bounds` = (base, max) from the range test fills learning rates left null; `epochs`
+    (the run's length) sizes a one-cycle schedule whose `total_steps`/`total_epochs` are null.
+    A bad value raises a one-line `ClrpipeError` naming the key under `where`.
     """
-    c = read_config(cfg)
+    if not isinstance(spec, ConstantSchedule | CyclicalSchedule | OneCycleSchedule):
+        spec = params.schedule_spec(dict(spec) if isinstance(spec, Mapping) else spec, where)
     if isinstance(train_rows, bool) or not isinstance(train_rows, int) or train_rows <= 0:
         raise ClrpipeError(f"train_rows: expected a positive integer, got {train_rows!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ClrpipeError(f"batch_size: expected a positive integer, got {batch_size!r}")
-    base, peak = bounds if bounds is not None else (None, None)
-    policy = c["policy"]
-    if c["backend"] == "tfa" and policy not in POLICIES:
-        raise _fail("backend", f"'keras' for policy {policy} (tfa has only cyclical ones)", "tfa")
-
-    if policy == "constant":
-        return ConstantLearningRate(_number(c, "learning_rate", low=0))
-
-    per_epoch = _steps_per_epoch(c, train_rows, batch_size)
-    if policy == "one_cycle":
-        total = _steps(c, "total_steps", "total_epochs", per_epoch, fallback=epochs)
-        pct_start = _number(c, "pct_start", low=0)
-        if pct_start >= 1:
-            raise _fail("pct_start", "a number between 0 and 1 (exclusive)", pct_start)
-        _number(c, "div_factor", low=0)
-        _number(c, "final_div_factor", low=0)
-        _choice(c, "anneal", ANNEALS)
-        if not isinstance(c["cycle_momentum"], bool):
-            raise _fail("cycle_momentum", "true or false", c["cycle_momentum"])
-        low = _number(c, "base_momentum", low=0, strict=False)
-        if _number(c, "max_momentum", low=low, strict=False) > 1:
-            raise _fail("max_momentum", "a number <= 1", c["max_momentum"])
-        return OneCycleLearningRate(
-            _rate(c, "maximal_learning_rate", peak),
-            total,
-            pct_start,
-            c["div_factor"],
-            c["final_div_factor"],
-            c["anneal"],
-        )
-
-    initial = _rate(c, "initial_learning_rate", base)
-    maximal = _rate(c, "maximal_learning_rate", peak)
-    if maximal < initial:
-        raise ClrpipeError(
-            f"{SECTION}.maximal_learning_rate: expected >= {SECTION}.initial_learning_rate "
-            f"({_show(initial)}), got {_show(maximal)}"
-        )
-    step_size = _steps(c, "step_size", "step_size_epochs", per_epoch)
-    scale_mode = c["scale_mode"]
-    if scale_mode is None:
-        scale_mode = "iterations" if policy == "exp_range" else "cycle"
-    _choice({"scale_mode": scale_mode}, "scale_mode", SCALE_MODES)
-    gamma = _number(c, "gamma", low=0)
-    if c["backend"] == "tfa" and policy != "triangular" and scale_mode == "iterations":
-        raise ClrpipeError(
-            f"{SECTION}.scale_mode: tfa 0.23's {policy} crashes on the optimizer's int64 step "
-            "with scale_mode iterations (tensorflow/addons PR #2756); use cycle or backend keras"
-        )
-    return CyclicalLearningRate(initial, maximal, step_size, scale_mode, policy, gamma)
+    spec = params.fill_bounds(spec, bounds, where)
+    if isinstance(spec, ConstantSchedule):
+        return ConstantLearningRate(spec.learning_rate)
+    rows = train_rows if spec.iterations_rows is None else spec.iterations_rows
+    per_epoch = math.ceil(rows / batch_size)
+    if isinstance(spec, OneCycleSchedule):
+        total = spec.total_steps or _epochs_to_steps(spec.total_epochs, per_epoch)
+        if total is None:
+            if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
+                raise ClrpipeError(f"epochs: expected a positive integer, got {epochs!r}")
+            total = epochs * per_epoch
+        return OneCycleLearningRate(spec.maximal_learning_rate, total, spec.pct_start,
+                                    spec.div_factor, spec.final_div_factor, spec.anneal)
+    step_size = spec.step_size or _epochs_to_steps(spec.step_size_epochs, per_epoch)
+    return CyclicalLearningRate(spec.initial_learning_rate, spec.maximal_learning_rate, step_size,
+                                spec.mode, spec.policy, spec.gamma)
 
 
-def build_sgd(schedule: LearningRateSchedule, cfg: Mapping | None = None) -> keras.Optimizer:
-    """Plain SGD on `schedule`, or `ScheduledMomentumSGD` when a one-cycle config asks for it."""
-    c = read_config(cfg) if cfg is not None else {"cycle_momentum": False}
-    if c.get("cycle_momentum") and isinstance(schedule, OneCycleLearningRate):
-        momentum = OneCycleMomentum.like(schedule, c["max_momentum"], c["base_momentum"])
-        return ScheduledMomentumSGD(schedule, momentum)
-    return keras.optimizers.SGD(learning_rate=schedule)
+def _epochs_to_steps(epochs: float | None, per_epoch: int) -> float | None:
+    if epochs is None:
+        return None
+    steps = epochs * per_epoch
+    return int(steps) if float(steps).is_integer() else steps
+
+
+def build_sgd(schedule: LearningRateSchedule, spec: ScheduleParams | None = None,
+              momentum: float = 0.0) -> keras.Optimizer:
+    """SGD on `schedule` (with `momentum`), or `ScheduledMomentumSGD` when a one-cycle spec
+    asks for momentum cycling."""
+    if (isinstance(spec, OneCycleSchedule) and spec.cycle_momentum
+            and isinstance(schedule, OneCycleLearningRate)):
+        cycled = OneCycleMomentum.like(schedule, spec.max_momentum, spec.base_momentum)
+        return ScheduledMomentumSGD(schedule, cycled)
+    return keras.optimizers.SGD(learning_rate=schedule, momentum=momentum)

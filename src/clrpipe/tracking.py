@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -29,21 +31,15 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig, OmegaConf
 
-from clrpipe.config import PARAMS_FILE, Section
+from clrpipe.config import PARAMS_FILE, flatten
+from clrpipe.errors import first_line
 from clrpipe.outputs import uninterruptible
+from clrpipe.params import TrackingParams
 
 PIPELINE_TAG = "clrpipe.pipeline"
 BUFFER_SECONDS = 5.0  # buffered metrics reach the store at most this often (see StageRun)
 STAGE_TAG = "clrpipe.stage"
 ERROR_TAG = "clrpipe.error"
-
-
-class TrackingParams(Section):
-    """`tracking:` where runs go."""
-
-    uri: str = "sqlite:///mlflow.db"
-    experiment: str = "clrpipe"
-    enabled: bool = True
 
 
 def project_root() -> Path:
@@ -73,18 +69,6 @@ def git_commit() -> str:
     except OSError:
         return "unknown"
     return done.stdout.strip() if done.returncode == 0 else "unknown"
-
-
-def flatten(mapping: Mapping, prefix: str = "") -> dict[str, str]:
-    """`{"a": {"b": 1}}` -> `{"a.b": "1"}`, lists kept as their text."""
-    flat: dict[str, str] = {}
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = str(value)
-    return flat
 
 
 class StageRun:
@@ -118,7 +102,7 @@ class StageRun:
     def flush(self) -> None:
         if not self.active:
             return
-        log_metric_batches(self.client, self.run_id, self._buffer)
+        self.client.log_batch(self.run_id, metrics=self._buffer)  # MLflow splits long lists
         self._buffer = []
         self._sent = time.monotonic()
 
@@ -139,6 +123,53 @@ class StageRun:
         if self.active:
             self.client.log_artifacts(self.run_id, str(folder), into)
 
+    def log_files(self, files: Mapping[Path, Path], folder: str | None = None) -> None:
+        """Log temporary files under their final names ({final path: temp path})."""
+        if not self.active:
+            return
+        with tempfile.TemporaryDirectory() as scratch:
+            for final, temp in files.items():
+                shutil.copyfile(temp, Path(scratch) / Path(final).name)
+            self.log_artifacts(Path(scratch), folder)
+
+    def log_figures(self, figures: Mapping, folder: str) -> None:
+        """Matplotlib figures as `<folder>/<name>.png`, in one call."""
+        if not self.active:
+            return
+        from clrpipe.plots import png_bytes
+
+        with tempfile.TemporaryDirectory() as scratch:
+            for name, figure in figures.items():
+                (Path(scratch) / f"{name}.png").write_bytes(png_bytes(figure))
+            self.log_artifacts(Path(scratch), folder)
+
+    def log_keras_model(self, model, example, columns: list[str]) -> None:
+        """The Keras model as the run's `model`, with its signature and an input example."""
+        if not self.active:
+            return
+        import keras
+        from mlflow.models import infer_signature
+
+        signature = infer_signature(example, keras.ops.convert_to_numpy(model(example)))
+        mlflow.keras.log_model(model, name="model", signature=signature)
+        self.log_dict({"columns": columns, "data": example.tolist()}, "model/input_example.json")
+
+    def log_datasets(self, frames: Mapping, name: str, target: str) -> None:
+        """Each {context: frame} as an MLflow dataset input named `<name>_<context>`.
+
+        The schema comes from the first rows when no value is missing: MLflow tests every
+        value in Python to mark columns required (0.4 s for the training split), and with
+        nothing missing the first rows give the same schema."""
+        if not self.active:
+            return
+        from mlflow.models import infer_signature
+
+        for context, frame in frames.items():
+            dataset = mlflow.data.from_pandas(frame, targets=target, name=f"{name}_{context}")
+            if not frame.isna().to_numpy().any():
+                dataset.schema = infer_signature(frame.head(100)).inputs
+            mlflow.log_input(dataset, context=context)
+
     def log_dict(self, data: Mapping, name: str) -> None:
         if self.active:
             self.client.log_dict(self.run_id, dict(data), name)
@@ -146,12 +177,6 @@ class StageRun:
     def set_tag(self, key: str, value: str) -> None:
         if self.active:
             self.client.set_tag(self.run_id, key, value)
-
-
-def log_metric_batches(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
-    """Write `metrics` in batches of 1000, MLflow's limit per `log_batch` call."""
-    for start in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[start : start + 1000])
 
 
 def _now_ms() -> int:
@@ -190,9 +215,7 @@ def stage_run(cfg: DictConfig, stage: str) -> Iterator[StageRun]:
         tracked = StageRun(client, run_id)
         try:
             flat = flatten(OmegaConf.to_container(cfg, resolve=True))
-            items = [Param(k, v[:6000]) for k, v in flat.items()]
-            for start in range(0, len(items), 100):
-                client.log_batch(run_id, params=items[start : start + 100])
+            client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in flat.items()])
             yield tracked
             tracked.flush()
         except KeyboardInterrupt:
@@ -203,7 +226,7 @@ def stage_run(cfg: DictConfig, stage: str) -> Iterator[StageRun]:
                 client.set_terminated(parent_id, "KILLED")
             raise
         except BaseException as err:
-            message = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            message = first_line(err)
             with uninterruptible():
                 _flush_quietly(tracked)
                 client.set_tag(run_id, ERROR_TAG, message[:5000])
@@ -268,3 +291,107 @@ def _pipeline_parent(client: MlflowClient, experiment_id: str) -> str:
     )
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
+
+
+TRIAL_TAG = "clrpipe.trial"
+
+
+class TrialRuns:
+    """Child runs of a stage's run, one per trial (method x seed), written by one process.
+
+    A trial's run is created when its result arrives, with the per-epoch metrics at the times
+    the task recorded, the LR series and the final metrics, and ended FINISHED at the trial's
+    end time. If the stage then fails, `revoke` marks the finished ones FAILED (KILLED on an
+    interrupt) with the reason, so no trial run outlives a failed stage run FINISHED."""
+
+    def __init__(self, tracked: StageRun):
+        self.client = tracked.client
+        self.parent = tracked.run_id
+        self.experiment = (
+            self.client.get_run(self.parent).info.experiment_id if tracked.active else None
+        )
+        self.finished_ids: list[str] = []
+
+    def _create(self, name: str, seed: int, start_ms: int | None = None) -> str:
+        tags = {
+            MLFLOW_PARENT_RUN_ID: self.parent,
+            MLFLOW_RUN_NAME: f"{name} seed {seed}",
+            TRIAL_TAG: f"{name}/{seed}",
+            "clrpipe.method": name,
+            "clrpipe.seed": str(seed),
+        }
+        return self.client.create_run(self.experiment, start_time=start_ms, tags=tags).info.run_id
+
+    def failed(self, name: str, seed: int, params: Mapping, message: str) -> None:
+        """A FAILED run for a trial that raised, with its parameters and the error."""
+        if self.client is None:
+            return
+        run_id = self._create(name, seed)
+        self.client.log_batch(run_id, params=_params(params))
+        self.client.set_tag(run_id, ERROR_TAG, message[:5000])
+        self.client.set_terminated(run_id, "FAILED")
+
+    def finished(self, name: str, seed: int, params: Mapping, out: Mapping,
+                 target: float) -> None:
+        """A complete FINISHED run for a trial that returned `out` (`clrpipe.parallel`'s task
+        result), with the epochs and seconds it took to reach the `target` accuracy."""
+        if self.client is None:
+            return
+        run_id = self._create(name, seed, out["start_ms"])
+        self.client.log_batch(run_id, metrics=_trial_metrics(out, target),
+                              params=_params(params))
+        self.client.set_terminated(run_id, "FINISHED", end_time=out["end_ms"])
+        self.finished_ids.append(run_id)
+
+    def revoke(self, status: str, message: str) -> None:
+        """The stage run did not finish: neither do the trials that had."""
+        for run_id in self.finished_ids:
+            self.client.set_tag(run_id, ERROR_TAG, message[:5000])
+            self.client.set_terminated(run_id, status)
+
+    @contextlib.contextmanager
+    def revoked_on_failure(self) -> Iterator[TrialRuns]:
+        """Revoke the finished trials if the block raises (KILLED on an interrupt)."""
+        try:
+            yield self
+        except KeyboardInterrupt:
+            self.revoke("KILLED", "interrupted")
+            raise
+        except BaseException as err:
+            self.revoke("FAILED", f"the stage failed: {first_line(err)}")
+            raise
+
+
+def _params(values: Mapping) -> list[Param]:
+    return [Param(k, str(v)) for k, v in flatten(values).items()]
+
+
+def _trial_metrics(out: Mapping, target: float) -> list[Metric]:
+    """Final metrics (with time to the target) and, for networks, every epoch and LR step."""
+    from clrpipe.compare import first_reach
+
+    outcome, end_ms = out["outcome"], out["end_ms"]
+    epoch, seconds = first_reach(outcome.val_accuracy, outcome.epoch_seconds, target)
+    final = {
+        "test_accuracy": outcome.test_accuracy,
+        "test_loss": outcome.test_loss,
+        "final_loss": outcome.final_loss,
+        "train_seconds": sum(outcome.epoch_seconds),  # as in trials.csv and the summary
+        "reached_target": float(epoch is not None),
+    }
+    if epoch is not None:
+        final["seconds_to_target"] = seconds
+        if outcome.epochs:
+            final["epochs_to_target"] = epoch
+    if "history" not in out:  # gradient boosting
+        final |= {"val_accuracy": out["val_accuracy"], "iterations": out["iterations"]}
+    metrics = [Metric(k, float(v), end_ms, 0) for k, v in final.items()]
+    history = out.get("history")
+    if history is not None:
+        for step, stamp in enumerate(out["epoch_end_ms"]):
+            metrics += [Metric(key, float(values[step]), stamp, step)
+                        for key, values in history.epochs.items()]
+            metrics.append(Metric("epoch_seconds", history.epoch_seconds[step], stamp, step))
+        metrics += [Metric("learning_rate", float(v), end_ms, int(s))
+                    for s, v in zip(history.lr_steps, history.lr_values, strict=True)]
+    return metrics

@@ -22,9 +22,13 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 import tensorflow as tf
-from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
 
+from clrpipe import keras_private
 from clrpipe.errors import ClrpipeError
+
+__all__ = [
+    "History", "OnEpoch", "compile_model", "epoch_orders", "evaluate", "fit", "limit_threads",
+]
 
 OnEpoch = Callable[[int, dict, float], None]
 
@@ -71,8 +75,7 @@ def epoch_orders(rows: int) -> tf.data.Dataset:
     (`keras.utils.set_random_seed`) a fresh iterator re-seeds the shuffle, so Keras (and this)
     visits the rows in one order at every epoch; the seed decides which order.
     """
-    indices = np.arange(rows, dtype=np.int64)
-    return ArrayDataAdapter(indices, batch_size=rows, shuffle=True).get_tf_dataset()
+    return keras_private.epoch_order_dataset(rows)
 
 
 def _batch_runner(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int):

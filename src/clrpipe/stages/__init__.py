@@ -1,1 +1,2 @@
-"""Thin stage entry points: read config, call the pure core, write outputs, log."""
+"""One thin entry point per DVC stage; each reads its part of params.yaml, calls core code,
+writes its outputs and logs its run. No stage imports another."""

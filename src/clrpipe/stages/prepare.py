@@ -4,43 +4,31 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-from pathlib import Path
 
 import click
 from omegaconf import DictConfig
 
-from clrpipe import config, data
-from clrpipe.errors import ClrpipeError
+from clrpipe import config, data, download
 from clrpipe.outputs import atomic_outputs
-
-KAGGLE_PAGE = "https://www.kaggle.com/datasets/{dataset}"
-
-
-class DataParams(config.Section):
-    """`data:` where the raw table lives, where to fetch it, and the repair limits."""
-
-    raw: Path
-    kaggle_dataset: str
-    kaggle_file: str
-    sha256: str
-    limits: data.Limits = data.Limits()
+from clrpipe.params import DataParams, PrepareParams, Reads
 
 
-class PrepareParams(config.Section):
-    """`prepare:` where the features and the repair report go."""
+class PrepareReads(Reads):
+    """What `prepare` reads from params.yaml."""
 
-    output: Path
-    report: Path
+    data: DataParams
+    prepare: PrepareParams
+
+
+STAGES = {"prepare": PrepareReads}
 
 
 def run(cfg: DictConfig) -> dict:
     """Read (or fetch) the raw table, prepare it, and write the features and the report."""
-    source = config.section(cfg, "data", DataParams)
-    params = config.section(cfg, "prepare", PrepareParams)
+    p = config.reads(cfg, PrepareReads)
+    source, params = p.data, p.prepare
     if not source.raw.is_file():
-        fetch_raw(source)
+        download.fetch_raw(source)
     raw = source.raw.read_bytes()
     features, report, notes = data.prepare(raw, str(source.raw), source.limits)
     for note in notes:
@@ -54,56 +42,3 @@ def run(cfg: DictConfig) -> dict:
         f"{report['rows_dropped']} dropped -> {params.output}, {params.report}"
     )
     return report
-
-
-LOCAL_COPY_ENV = "CLRPIPE_CARDIO_CSV"
-
-
-def fetch(cfg: DictConfig) -> Path:
-    """`fetch` stage: make sure the raw table is present, downloading it when it is not.
-
-    A local copy named by $CLRPIPE_CARDIO_CSV is used instead of Kaggle when set (offline
-    machines, CI); it must have the same sha256 as a download.
-    """
-    source = config.section(cfg, "data", DataParams)
-    if not source.raw.is_file():
-        local = os.environ.get(LOCAL_COPY_ENV)
-        fetch_raw(source, download=(lambda _: Path(local)) if local else kaggle_download)
-        click.echo(f"fetch: {local or source.kaggle_dataset} -> {source.raw}")
-        return source.raw
-    digest = hashlib.sha256(source.raw.read_bytes()).hexdigest()
-    state = "matches" if digest == source.sha256 else "differs from"
-    click.echo(f"fetch: {source.raw} present; its sha256 {state} data.sha256")
-    return source.raw
-
-
-def kaggle_download(dataset: str) -> Path:
-    """Download (or reuse kagglehub's cache of) a Kaggle dataset; return its folder."""
-    import kagglehub
-
-    return Path(kagglehub.dataset_download(dataset))
-
-
-def fetch_raw(source: DataParams, download=kaggle_download) -> None:
-    """Download the table and check its sha256, or explain where to put it."""
-    where = (
-        f"{source.raw}: not found and not downloadable ({{reason}}); download "
-        f"{source.kaggle_file} from {KAGGLE_PAGE.format(dataset=source.kaggle_dataset)} "
-        f"and put it at {source.raw.resolve()}"
-    )
-    try:
-        folder = download(source.kaggle_dataset)  # a folder, or the file itself
-    except Exception as err:  # kagglehub raises many types: offline, no credentials, 404
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ClrpipeError(where.format(reason=reason)) from None
-    downloaded = folder if folder.is_file() else folder / source.kaggle_file
-    if not downloaded.is_file():
-        raise ClrpipeError(where.format(reason=f"the download has no {source.kaggle_file}"))
-    digest = hashlib.sha256(downloaded.read_bytes()).hexdigest()
-    if digest != source.sha256:
-        raise ClrpipeError(
-            f"{downloaded}: sha256 {digest} does not match data.sha256 {source.sha256}; "
-            "refusing to use it"
-        )
-    with atomic_outputs(source.raw) as (tmp,):
-        shutil.copyfile(downloaded, tmp)

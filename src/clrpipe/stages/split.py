@@ -13,28 +13,29 @@ from pathlib import Path
 import click
 import pandas as pd
 from omegaconf import DictConfig
-from pydantic import Field
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from clrpipe import config, data
 from clrpipe.errors import ClrpipeError
 from clrpipe.outputs import atomic_outputs
-from clrpipe.stages.prepare import PrepareParams
+from clrpipe.params import PrepareParams, Reads, SplitParams
 
 
-class SplitParams(config.Section):
-    """`split:` the held-out fraction, the seed, and the output folder."""
+class SplitReads(Reads):
+    """What `split` reads from params.yaml."""
 
-    test_size: float = Field(gt=0, lt=1)
-    seed: int
-    dir: Path
+    prepare: PrepareParams
+    split: SplitParams
+
+
+STAGES = {"split": SplitReads}
 
 
 def run(cfg: DictConfig) -> dict:
     """Split the prepared table and write the scaled parts and the scaler."""
-    source = config.section(cfg, "prepare", PrepareParams).output
-    params = config.section(cfg, "split", SplitParams)
+    p = config.reads(cfg, SplitReads)
+    source, params = p.prepare.output, p.split
     if not source.is_file():
         raise ClrpipeError(f"{source}: not found; run `clrpipe prepare` first")
     frame = read_prepared(source)

@@ -1,0 +1,69 @@
+"""Every use of Keras's private API, in one place, each guarded by `tests/test_keras_private.py`.
+
+Keras 3 offers no public way to do these four things, and clrpipe needs each of them:
+
+- `epoch_order_dataset`: the row order `model.fit(shuffle=True)` draws for an epoch. The fast
+  training loop gathers rows itself and must visit them in Keras's order to stay bit-identical
+  to `model.fit` (`keras.src...ArrayDataAdapter`).
+- `global_seed_generator` / `set_global_seed_generator`: Keras's global `SeedGenerator`, which
+  `keras.utils.set_random_seed` and dropout draw from; the range test restores it so training
+  afterwards is unchanged (`keras.src.backend.common.global_state`).
+- `slot`: an optimizer's per-variable slot (e.g. SGD's momentum) for a custom `update_step`
+  (`optimizer._get_variable_index`).
+- `learning_rate_schedule`: the schedule object an optimizer holds (`optimizer._learning_rate`;
+  the public `learning_rate` property evaluates it).
+
+When a Keras release moves one of them, the guard test names the Keras version and the
+missing name instead of a training run failing somewhere deep.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+__all__ = [
+    "epoch_order_dataset",
+    "global_seed_generator",
+    "learning_rate_schedule",
+    "set_global_seed_generator",
+    "slot",
+]
+
+_GLOBAL_SEED_GENERATOR = "global_seed_generator"
+
+
+def epoch_order_dataset(rows: int):
+    """A `tf.data.Dataset` whose fresh iterator yields one epoch's row order, as `model.fit`
+    with `shuffle=True` draws it: Keras's own array adapter, fed row indices instead of rows
+    (its permutation does not depend on the batch size, so one batch of all rows is the order)."""
+    from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
+
+    indices = np.arange(rows, dtype=np.int64)
+    return ArrayDataAdapter(indices, batch_size=rows, shuffle=True).get_tf_dataset()
+
+
+def global_seed_generator() -> Any:
+    """Keras's global `SeedGenerator` (None until something draws from it)."""
+    from keras.src.backend.common import global_state
+
+    return global_state.get_global_attribute(_GLOBAL_SEED_GENERATOR)
+
+
+def set_global_seed_generator(generator: Any) -> None:
+    """Put back a global `SeedGenerator` taken with `global_seed_generator` (None clears it)."""
+    from keras.src.backend.common import global_state
+
+    global_state.set_global_attribute(_GLOBAL_SEED_GENERATOR, generator)
+
+
+def slot(optimizer: keras.Optimizer, slots: list, variable) -> Any:
+    """The entry of `slots` (a per-variable list such as `optimizer.momentums`) for `variable`."""
+    return slots[optimizer._get_variable_index(variable)]
+
+
+def learning_rate_schedule(optimizer: keras.Optimizer) -> Any:
+    """The schedule (or variable) an optimizer was given as its learning rate."""
+    return optimizer._learning_rate

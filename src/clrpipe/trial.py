@@ -1,0 +1,181 @@
+"""One trial: build the network from a seed, train it on a schedule, evaluate it on the test set.
+
+The unit every stage reuses: `train_baseline` and `train_clr` run one trial, `compare` runs many
+(methods x seeds, as Ray tasks), and the range test sweeps the same network on the same split.
+Also here: reading the split into arrays, carving the validation slice, and reading the range
+test's bounds, so each is done one way.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from clrpipe import config, data, legacy, schedules, training
+from clrpipe.errors import ClrpipeError, first_line
+from clrpipe.model import build_model
+from clrpipe.params import ModelParams, ScheduleParams, TrainCommon
+
+__all__ = [
+    "RANGE_TEST_METRICS",
+    "SplitArrays",
+    "TrialResult",
+    "arrays",
+    "load_split",
+    "range_test_bounds",
+    "refuse_reshuffle_with_tfa",
+    "split_arrays",
+    "train_trial",
+]
+
+RANGE_TEST_METRICS = Path("metrics/range_test.json")
+
+
+def load_split(split_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The train and test parts the `split` stage wrote."""
+    parts = []
+    for name in ("train", "test"):
+        path = split_dir / f"{name}.parquet"
+        if not path.is_file():
+            raise ClrpipeError(f"{path}: not found; run `clrpipe split` first")
+        parts.append(pd.read_parquet(path))
+    return parts[0], parts[1]
+
+
+def arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Features and target of a split part as float32 arrays."""
+    features = list(data.FEATURES)
+    return frame[features].to_numpy("float32"), frame[data.TARGET].to_numpy("float32")
+
+
+@dataclass(frozen=True)
+class SplitArrays:
+    """The split as float32 arrays: fit part, validation slice (per-epoch curves) and test."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    def head(self, rows: int) -> SplitArrays:
+        """The first `rows` rows of every part (a throwaway warm-up trial)."""
+        return SplitArrays(*(part[:rows] for part in (self.x, self.y, self.x_val, self.y_val,
+                                                      self.x_test, self.y_test)))
+
+
+def split_arrays(
+    train_frame: pd.DataFrame, test_frame: pd.DataFrame, validation_fraction: float, seed: int
+) -> SplitArrays:
+    """Carve the stratified validation slice (`train.validation_fraction`, `train.seed`)."""
+    fit_frame, val_frame = train_test_split(
+        train_frame,
+        test_size=validation_fraction,
+        random_state=seed,
+        stratify=train_frame[data.TARGET],
+    )
+    (x, y), (x_val, y_val), (x_test, y_test) = map(arrays, (fit_frame, val_frame, test_frame))
+    return SplitArrays(x, y, x_val, y_val, x_test, y_test)
+
+
+def range_test_bounds(path: Path = RANGE_TEST_METRICS) -> tuple[float, float] | None:
+    """(base_lr, max_lr) from the range-test stage, when it has run."""
+    if not path.is_file():
+        return None
+    try:
+        found = json.loads(path.read_text())
+        return float(found["base_lr"]), float(found["max_lr"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ClrpipeError(
+            f"{path}: not a range-test result ({first_line(err)}); rerun `clrpipe range-test`"
+        ) from None
+
+
+@dataclass
+class TrialResult:
+    """What one training returns: the model, its history, test metrics and fit seconds."""
+
+    model: keras.Model
+    history: training.History
+    test: dict[str, float]
+    seconds: float
+    backend: dict[str, str | float] = field(default_factory=lambda: {"backend": "keras"})
+
+
+def refuse_reshuffle_with_tfa(train: TrainCommon, spec: ScheduleParams) -> None:
+    """tfa trains with Keras 2's own shuffle: a new order per epoch cannot be honoured there."""
+    if spec.backend == "tfa" and train.reshuffle:
+        raise ClrpipeError("train.reshuffle: true is not supported with schedule.backend: tfa "
+                           "(tfa trains with Keras 2's own shuffle); set it to false")
+
+
+def train_trial(
+    model_params: ModelParams,
+    train: TrainCommon,
+    spec: ScheduleParams,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    split: SplitArrays,
+    bounds: tuple[float, float] | None = None,
+    on_epoch: Callable[[int, dict, float], None] | None = None,
+) -> TrialResult:
+    """Build the network from `seed`, train it with SGD on the schedule `spec` (null rates
+    filled from `bounds`), and evaluate it on the test set."""
+    schedule = schedules.build_schedule(spec, len(split.x), batch_size, bounds=bounds,
+                                        epochs=epochs)
+    model = build_model(model_params, split.x.shape[1], seed)
+    if spec.backend == "tfa":
+        refuse_reshuffle_with_tfa(train, spec)
+        return _tfa_trial(model, schedule, model_params, train, epochs=epochs,
+                          batch_size=batch_size, seed=seed, split=split, on_epoch=on_epoch)
+    optimizer = schedules.build_sgd(schedule, spec, momentum=train.momentum)
+    training.compile_model(model, optimizer, train.steps_per_execution, train.jit_compile)
+    started = time.perf_counter()
+    history = training.fit(
+        model, split.x, split.y, epochs=epochs, batch_size=batch_size,
+        validation=(split.x_val, split.y_val), on_epoch=on_epoch,
+        reshuffle_seed=seed if train.reshuffle else None,
+    )
+    seconds = time.perf_counter() - started
+    test = training.evaluate(model, split.x_test, split.y_test)
+    return TrialResult(model, history, test, seconds)
+
+
+def _tfa_trial(model, schedule, model_params, train, *, epochs, batch_size, seed, split, on_epoch):
+    """The same trial trained by tfa 0.23 in legacy/.venv from the same initial weights; the
+    Keras 3 model gets the trained weights and an optimizer positioned at tfa's last step, so it
+    saves, scores and resumes like a model trained here."""
+    started = time.perf_counter()
+    done = legacy.train_with_tfa(
+        schedule, model.get_weights(), units=model_params.units,
+        activation=model_params.activation, dropout=model_params.dropout, l2=model_params.l2,
+        data={"x": split.x, "y": split.y, "x_val": split.x_val, "y_val": split.y_val,
+              "x_test": split.x_test, "y_test": split.y_test},
+        epochs=epochs, batch_size=batch_size, momentum=train.momentum, seed=seed,
+        project_root=config.project_root(),
+    )
+    seconds = time.perf_counter() - started
+    model.set_weights(done.weights)
+    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=train.momentum)
+    training.compile_model(model, optimizer, train.steps_per_execution, train.jit_compile)
+    optimizer.build(model.trainable_variables)
+    optimizer.iterations.assign(len(done.history.lr_steps))
+    if on_epoch is not None:
+        for epoch, seconds_of_epoch in enumerate(done.history.epoch_seconds):
+            logs = {name: values[epoch] for name, values in done.history.epochs.items()}
+            on_epoch(epoch, logs, seconds_of_epoch)
+    test = training.evaluate(model, split.x_test, split.y_test)
+    backend = {"backend": "tfa", "tensorflow": done.tensorflow,
+               "tfa_test_accuracy": done.test["accuracy"]}
+    return TrialResult(model, done.history, test, seconds, backend)
