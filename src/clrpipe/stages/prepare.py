@@ -39,9 +39,10 @@ def run(cfg: DictConfig) -> dict:
     """Read (or fetch) the raw table, prepare it, and write the features and the report."""
     source = config.section(cfg, "data", DataParams)
     params = config.section(cfg, "prepare", PrepareParams)
+    refuse_folder(source)
     if not source.raw.is_file():
         fetch_raw(source)
-    raw = source.raw.read_bytes()
+    raw = read_raw(source.raw)
     features, report, notes = data.prepare(raw, str(source.raw), source.limits)
     for note in notes:
         click.echo(f"note: {note}", err=True)
@@ -66,15 +67,34 @@ def fetch(cfg: DictConfig) -> Path:
     machines, CI); it must have the same sha256 as a download.
     """
     source = config.section(cfg, "data", DataParams)
+    refuse_folder(source)
     if not source.raw.is_file():
         local = os.environ.get(LOCAL_COPY_ENV)
         fetch_raw(source, download=(lambda _: Path(local)) if local else kaggle_download)
         click.echo(f"fetch: {local or source.kaggle_dataset} -> {source.raw}")
         return source.raw
-    digest = hashlib.sha256(source.raw.read_bytes()).hexdigest()
+    digest = hashlib.sha256(read_raw(source.raw)).hexdigest()
     state = "matches" if digest == source.sha256 else "differs from"
     click.echo(f"fetch: {source.raw} present; its sha256 {state} data.sha256")
     return source.raw
+
+
+def refuse_folder(source: DataParams) -> None:
+    """A folder given as data.raw is a mistake to name, not a file to download."""
+    if source.raw.is_dir():
+        raise ClrpipeError(
+            f"{source.raw}: is a folder; data.raw must be the path of the CSV file "
+            f"(e.g. data.raw={source.raw / source.kaggle_file})"
+        )
+
+
+def read_raw(path: Path) -> bytes:
+    """The raw table's bytes, or one line saying why they cannot be read."""
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        raise ClrpipeError(f"{path}: cannot read it ({reason})") from None
 
 
 def kaggle_download(dataset: str) -> Path:
