@@ -317,6 +317,11 @@ NOT_UTF8 = {
         "t.csv: xz-compressed (starts with FD 37 7A 58 5A 00), not a CSV table; decompress it "
         "first (xz -dc t.csv > cardio_train.csv) and use that file",
     ),
+    "zstd": (
+        b"\x28\xb5\x2f\xfd" + bytes(32),
+        "t.csv: zstd-compressed (starts with 28 B5 2F FD), not a CSV table; decompress it "
+        "first (zstd -dc t.csv > cardio_train.csv) and use that file",
+    ),
     "zip": (
         zipped(cardio_train__csv=b"", **{"cardio_train.csv": TEXT.encode()}),
         "t.csv: a zip archive containing cardio_train/csv, cardio_train.csv (starts with 50 4B), "

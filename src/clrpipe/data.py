@@ -218,12 +218,6 @@ def _not_utf8_text(raw: bytes, source: str) -> str | None:
                 f"{name} text (byte-order mark {bom.hex(' ').upper()}); expected UTF-8: "
                 + _RESAVE.format(encoding=encoding, source=source)
             )
-    utf16 = _utf16_without_bom(raw[:4096])
-    if utf16:
-        return (
-            f"UTF-16 text without a byte-order mark ({utf16}, every other byte NUL); expected "
-            f"UTF-8: " + _RESAVE.format(encoding=utf16, source=source)
-        )
     for magic, name, command in _COMPRESSED:
         if raw.startswith(magic) and (name != "bzip2" or raw[3:4].isdigit()):
             return (
@@ -244,6 +238,12 @@ def _not_utf8_text(raw: bytes, source: str) -> str | None:
         )
     if raw.startswith(b"PAR1"):
         return "a Parquet file, not a CSV table; expected the raw CSV table"
+    utf16 = _utf16_without_bom(raw[:4096])
+    if utf16:
+        return (
+            f"UTF-16 text without a byte-order mark ({utf16}, every other byte NUL); expected "
+            f"UTF-8: " + _RESAVE.format(encoding=utf16, source=source)
+        )
     return None
 
 
