@@ -3,8 +3,11 @@ table: odd ones accepted with the same result, bad ones refused with one line an
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +54,12 @@ def assert_refused(result, *fragments: str) -> None:
         assert fragment in lines[0]
     for output in OUTPUTS:
         assert not Path(output).exists()
-    leftovers = [p for p in Path().rglob(".*.tmp")]
-    assert leftovers == []
+    assert temporaries() == []
+
+
+def temporaries(root: Path = Path()) -> list[Path]:
+    """atomic_outputs' temporaries (`.<name>.<random><suffix>`) left anywhere under root."""
+    return [p for p in root.rglob(".*") if p.is_file()]
 
 
 def prepared_features() -> pd.DataFrame:
@@ -162,6 +169,30 @@ REFUSED = {
         lambda cells: join([[*row, row[1]] for row in cells]),
         ["column 'age' appears more than once"],
     ),
+    "NaN in weight": (
+        lambda cells: _set_cell(cells, "weight", 7, "NaN"),
+        ["column 'weight' has 1 missing value(s) (first in data row 7: 'NaN')"],
+    ),
+    "NaN in a coded column": (
+        lambda cells: _set_cell(cells, "smoke", 4, "nan"),
+        ["column 'smoke' has 1 missing value(s) (first in data row 4: 'nan')"],
+    ),
+    "blank id": (
+        lambda cells: _set_cell(cells, "id", 2, ""),
+        ["column 'id' has 1 missing value(s) (first in data row 2: blank); expected an id"],
+    ),
+    "gzip-compressed": (
+        lambda cells: gzip.compress(join(cells)),
+        ["gzip-compressed (starts with 1F 8B)", "decompress it first"],
+    ),
+    "UTF-16 with BOM": (
+        lambda cells: join(cells).decode().encode("utf-16"),
+        ["UTF-16 text (byte-order mark FF FE)", "re-save it as UTF-8"],
+    ),
+    "UTF-16 without BOM": (
+        lambda cells: join(cells).decode().encode("utf-16-be"),
+        ["UTF-16 text without a byte-order mark (UTF-16BE", "re-save it as UTF-8"],
+    ),
 }
 
 
@@ -180,9 +211,14 @@ def test_a_bad_file_does_not_replace_earlier_outputs(project, sample_lines):
     assert {name: Path(name).read_bytes() for name in OUTPUTS} == before
 
 
-def test_missing_file_offline_says_where_to_put_it(project):
+def test_missing_file_offline_says_where_to_put_it(project, monkeypatch):
+    monkeypatch.delenv("CLRPIPE_CARDIO_CSV", raising=False)
+    result = CliRunner().invoke(cli.main, ["prepare", "data.raw=nowhere/cardio.csv"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "error: nowhere/cardio.csv: not found; run `clrpipe fetch` first")
     result = CliRunner().invoke(
-        cli.main, ["prepare", "data.raw=nowhere/cardio.csv"], env={"KAGGLEHUB_CACHE": "kh"}
+        cli.main, ["fetch", "data.raw=nowhere/cardio.csv"], env={"KAGGLEHUB_CACHE": "kh"}
     )
     assert result.exit_code == 1
     line = result.stderr.strip()
@@ -275,7 +311,7 @@ def test_split_is_deterministic_per_seed(real_split, monkeypatch):
     ("override", "message"),
     [
         ("split.test_size=1.5", "split.test_size: input should be less than 1, got 1.5"),
-        ("split.seed=abc", "split.seed: input should be a valid integer"),
+        ("split.seed=abc", "split.seed: expected an integer, got 'abc'"),
         ("split.sed=1", "override 'split.sed': no such key in params.yaml"),
     ],
 )
@@ -294,3 +330,170 @@ def test_fetch_copies_a_local_copy_and_checks_it(project, cardio_csv):
     assert Path("data/raw/cardio_train.csv").read_bytes() == cardio_csv.read_bytes()
     again = runner.invoke(cli.main, ["fetch"], env={"CLRPIPE_CARDIO_CSV": "/nowhere.csv"})
     assert "data/raw/cardio_train.csv present; its sha256 matches data.sha256" in again.output
+
+
+CLRPIPE = Path(sys.executable).with_name("clrpipe")
+
+
+def cli_in(project: Path, *args: str) -> subprocess.CompletedProcess:
+    """The real `clrpipe` console script, as a user runs it, in the project folder."""
+    return subprocess.run(
+        [str(CLRPIPE), *args], cwd=project, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize("kind", ["gzip", "UTF-16", "folder"])
+def test_clrpipe_prepare_refuses_gzip_utf16_and_a_folder_in_one_line(project, sample_lines, kind):
+    """Through the real console script: one line on stderr, nothing on stdout, exit 1, no file
+    written (before: a folder was "not found" and sent to Kaggle; UTF-16 and gzip were
+    "binary content")."""
+    text = join(columns(sample_lines))
+    if kind == "folder":
+        (project / "input").mkdir()
+        (project / "input" / "cardio_train.csv").write_bytes(text)
+        raw, expected = "input", (
+            "error: input: is a folder; data.raw must be the path of the CSV file "
+            "(e.g. data.raw=input/cardio_train.csv)"
+        )
+    else:
+        name = {"gzip": "input/cardio_train.csv.gz", "UTF-16": "input/cardio_train.csv"}[kind]
+        (project / "input").mkdir()
+        (project / name).write_bytes(
+            gzip.compress(text) if kind == "gzip" else text.decode().encode("utf-16")
+        )
+        raw = name
+        expected = {
+            "gzip": (
+                f"error: {name}: gzip-compressed (starts with 1F 8B), not a CSV table; "
+                f"decompress it first (gzip -dc {name} > cardio_train.csv) and use that file"
+            ),
+            "UTF-16": (
+                f"error: {name}: UTF-16 text (byte-order mark FF FE); expected UTF-8: re-save it "
+                f"as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8 {name} > cardio_train.csv)"
+            ),
+        }[kind]
+    before = sorted(p.relative_to(project) for p in project.rglob("*"))
+    done = cli_in(project, "prepare", f"data.raw={raw}")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == expected + "\n"
+    assert done.stdout == ""
+    assert sorted(p.relative_to(project) for p in project.rglob("*")) == before
+
+
+def test_a_folder_given_to_fetch_is_named_a_folder_too(project):
+    Path("data/raw").mkdir(parents=True)
+    result = CliRunner().invoke(cli.main, ["fetch", "data.raw=data/raw"])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: data/raw: is a folder; data.raw must be the path of the CSV file "
+        "(e.g. data.raw=data/raw/cardio_train.csv)\n"
+    )
+    assert list(Path("data/raw").iterdir()) == []
+
+
+def test_an_unreadable_raw_file_is_refused_in_one_line(project, sample_lines, monkeypatch):
+    """Permission bits do not stop root (these tests run as root), so the read itself fails."""
+    Path("input.csv").write_bytes(join(columns(sample_lines)))
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    result = CliRunner().invoke(cli.main, ["prepare", "data.raw=input.csv"])
+    assert result.exit_code == 1
+    assert result.stderr == "error: input.csv: cannot read it (Permission denied)\n"
+
+
+def scaled_rows(frame: pd.DataFrame) -> set[tuple]:
+    return set(frame.itertuples(index=False, name=None))
+
+
+def test_duplicated_rows_are_dropped_before_the_split(project, sample_lines):
+    """A table with 30% duplicated rows (exact copies and conflicting records of an id): the
+    report counts them, the prepared table is the one without them, and no test row has an
+    identical row in train."""
+    header, *rows = columns(sample_lines)
+    base = rows[:2100]
+    rng = random.Random(5)
+    copies = [list(r) for r in rng.choices(base, k=600)]
+    weight = header.index("weight")
+    conflicting = [list(r) for r in rng.sample(base, k=300)]
+    for r in conflicting:
+        r[weight] = f"{float(r[weight]) + 1:g}"
+    extra = copies + conflicting
+    rng.shuffle(extra)
+    table = [header, *base, *extra]
+    assert len(extra) / (len(table) - 1) == 0.3
+    result = run_prepare(project, join(table))
+    assert result.exit_code == 0, result.output
+    report = json.loads(Path(OUTPUTS[1]).read_text())
+    assert report["rows_in"] == 3000
+    assert report["dropped_duplicate_row"] == 600 and report["dropped_duplicate_id"] == 300
+    assert report["rows_in"] == report["rows_out"] + report["rows_dropped"]
+    expected, alone, _ = data.prepare(join([header, *base]), "base.csv", data.Limits())
+    assert report["rows_out"] == alone["rows_out"] == len(expected)
+    pd.testing.assert_frame_equal(prepared_features(), expected)
+
+    assert CliRunner().invoke(cli.main, ["split"]).exit_code == 0
+    train = pd.read_parquet("data/split/train.parquet")
+    test = pd.read_parquet("data/split/test.parquet")
+    assert len(train) + len(test) == report["rows_out"]
+    assert scaled_rows(train).isdisjoint(scaled_rows(test))
+    assert len(scaled_rows(train)) == len(train) and len(scaled_rows(test)) == len(test)
+
+
+def tiny(sample_lines: list[str], zeros: int, ones: int) -> bytes:
+    """The first rows of each class from the real sample (prepare keeps them all)."""
+    header, *rows = columns(sample_lines)
+    kept = []
+    for cls, count in (("0", zeros), ("1", ones)):
+        kept += [r for r in rows if r[-1] == cls][:count]
+    return join([header, *kept])
+
+
+def test_a_table_too_small_to_split_is_refused_at_split_in_one_line(project, sample_lines):
+    """Before: prepare accepted a 5-row table and split raised a 38-line sklearn traceback."""
+    result = run_prepare(project, tiny(sample_lines, 3, 2))
+    assert result.exit_code == 0, result.output
+    assert json.loads(Path(OUTPUTS[1]).read_text())["rows_out"] == 5
+    result = CliRunner().invoke(cli.main, ["split"])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: data/prepared/cardio.parquet: too few rows to split (5 rows: 3 of class 0, 2 of "
+        "class 1); a stratified split with split.test_size=0.2 needs at least 5 rows of each "
+        "'cardio' class (10 in all) so that train and test both get both classes\n"
+    )
+    assert not Path("data/split").exists()
+
+
+@pytest.mark.parametrize(
+    ("test_size", "zeros", "ones", "ok"),
+    [(0.2, 5, 5, True), (0.2, 5, 4, False), (0.5, 2, 2, True), (0.25, 4, 9, True),
+     (0.25, 3, 9, False)],
+)
+def test_the_split_minimum_is_exact_at_the_boundary(
+    project, sample_lines, test_size, zeros, ones, ok
+):
+    assert run_prepare(project, tiny(sample_lines, zeros, ones)).exit_code == 0
+    result = CliRunner().invoke(cli.main, ["split", f"split.test_size={test_size}"])
+    if not ok:
+        assert result.exit_code == 1 and "too few rows to split" in result.stderr
+        assert result.stderr.count("\n") == 1
+        assert not Path("data/split").exists()
+        return
+    assert result.exit_code == 0, result.output
+    train = pd.read_parquet("data/split/train.parquet")
+    test = pd.read_parquet("data/split/test.parquet")
+    assert set(train.cardio) == set(test.cardio) == {0, 1}
+
+
+def test_split_refuses_a_prepared_file_that_is_not_parquet(project):
+    Path("data/prepared").mkdir(parents=True)
+    Path("data/prepared/cardio.parquet").write_text("not parquet\n")
+    result = CliRunner().invoke(cli.main, ["split"])
+    assert result.exit_code == 1
+    line = result.stderr.strip()
+    assert "\n" not in line
+    assert line.startswith("error: data/prepared/cardio.parquet: not a readable Parquet table (")
+    assert line.endswith("); rerun `clrpipe prepare`")
+    assert not Path("data/split").exists()

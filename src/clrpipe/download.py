@@ -11,10 +11,10 @@ from pathlib import Path
 
 from clrpipe.errors import ClrpipeError, first_line
 from clrpipe.outputs import atomic_outputs
-from clrpipe.params import DataParams
+from clrpipe.params import DataSource
 
 __all__ = ["KAGGLE_PAGE", "LOCAL_COPY_ENV", "fetch_raw", "kaggle_download", "local_or_kaggle",
-           "sha256_of"]
+           "read_raw", "refuse_folder", "sha256_of"]
 
 KAGGLE_PAGE = "https://www.kaggle.com/datasets/{dataset}"
 LOCAL_COPY_ENV = "CLRPIPE_CARDIO_CSV"
@@ -22,7 +22,32 @@ LOCAL_COPY_ENV = "CLRPIPE_CARDIO_CSV"
 
 def sha256_of(path: Path) -> str:
     """The file's sha256, hex."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashlib.sha256(_read(path)).hexdigest()
+
+
+def refuse_folder(raw: Path, file_name: str) -> None:
+    """A folder given as data.raw is a mistake to name, not a file to download."""
+    if raw.is_dir():
+        raise ClrpipeError(
+            f"{raw}: is a folder; data.raw must be the path of the CSV file "
+            f"(e.g. data.raw={raw / file_name})"
+        )
+
+
+def read_raw(raw: Path, file_name: str) -> bytes:
+    """The raw table's bytes, or one line saying why they cannot be read."""
+    refuse_folder(raw, file_name)
+    if not raw.is_file():
+        raise ClrpipeError(f"{raw}: not found; run `clrpipe fetch` first")
+    return _read(raw)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        raise ClrpipeError(f"{path}: cannot read it ({reason})") from None
 
 
 def kaggle_download(dataset: str) -> Path:
@@ -38,7 +63,7 @@ def local_or_kaggle() -> Callable[[str], Path]:
     return (lambda _: Path(local)) if local else kaggle_download
 
 
-def fetch_raw(source: DataParams, download: Callable[[str], Path] = kaggle_download) -> None:
+def fetch_raw(source: DataSource, download: Callable[[str], Path] = kaggle_download) -> None:
     """Download the table and check its sha256, or explain where to put it."""
     where = (
         f"{source.raw}: not found and not downloadable ({{reason}}); download "

@@ -24,6 +24,9 @@ from clrpipe.errors import ClrpipeError
 from clrpipe.schedules import CyclicalLearningRate
 
 BUILD_HINT = "build it with `python3 -m uv sync --frozen --project legacy`"
+RUN_FILES = ("legacy/tfa_train.py", "legacy/tfa_common.py", "legacy/pyproject.toml",
+             "legacy/uv.lock")
+"""What a tfa training runs besides this package (a DVC dependency of the stages using it)."""
 
 
 @dataclass

@@ -43,6 +43,7 @@ __all__ = [
     "ConstantSchedule",
     "CyclicalSchedule",
     "DataParams",
+    "DataSource",
     "HgbParams",
     "Limits",
     "MethodParams",
@@ -139,13 +140,20 @@ class Limits(Section):
         return value
 
 
-class DataParams(Section):
-    """`data:` where the raw table lives, where to fetch it, and the repair limits."""
+class DataSource(Reads):
+    """The `data:` keys saying where the raw table lives and where to fetch it."""
 
     raw: Path
     kaggle_dataset: str
     kaggle_file: str
     sha256: str
+
+
+class DataParams(DataSource):
+    """`data:` where the raw table lives, where to fetch it, and the repair limits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     limits: Limits = Limits()
 
 

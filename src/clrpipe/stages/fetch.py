@@ -13,13 +13,13 @@ import click
 from omegaconf import DictConfig
 
 from clrpipe import config, download
-from clrpipe.params import DataParams, Reads
+from clrpipe.params import DataSource, Reads
 
 
 class FetchReads(Reads):
     """What `fetch` reads from params.yaml."""
 
-    data: DataParams
+    data: DataSource
 
 
 STAGES = {"fetch": FetchReads}
@@ -28,6 +28,7 @@ STAGES = {"fetch": FetchReads}
 def run(cfg: DictConfig) -> Path:
     """Fetch the raw table when it is missing; say whether a present one matches its sha256."""
     source = config.reads(cfg, FetchReads).data
+    download.refuse_folder(source.raw, source.kaggle_file)
     if not source.raw.is_file():
         download.fetch_raw(source, download.local_or_kaggle())
         where = os.environ.get(download.LOCAL_COPY_ENV) or source.kaggle_dataset

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import click
 from omegaconf import DictConfig
 
 from clrpipe import config, data, download
 from clrpipe.outputs import atomic_outputs
-from clrpipe.params import DataParams, PrepareParams, Reads
+from clrpipe.params import Limits, PrepareParams, Reads
+
+
+class _Data(Reads):
+    raw: Path
+    kaggle_file: str
+    limits: Limits
 
 
 class PrepareReads(Reads):
     """What `prepare` reads from params.yaml."""
 
-    data: DataParams
+    data: _Data
     prepare: PrepareParams
 
 
@@ -24,12 +31,10 @@ STAGES = {"prepare": PrepareReads}
 
 
 def run(cfg: DictConfig) -> dict:
-    """Read (or fetch) the raw table, prepare it, and write the features and the report."""
+    """Read the raw table, prepare it, and write the features and the report."""
     p = config.reads(cfg, PrepareReads)
     source, params = p.data, p.prepare
-    if not source.raw.is_file():
-        download.fetch_raw(source)
-    raw = source.raw.read_bytes()
+    raw = download.read_raw(source.raw, source.kaggle_file)
     features, report, notes = data.prepare(raw, str(source.raw), source.limits)
     for note in notes:
         click.echo(f"note: {note}", err=True)

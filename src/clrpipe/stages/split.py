@@ -36,9 +36,12 @@ def run(cfg: DictConfig) -> dict:
     """Split the prepared table and write the scaled parts and the scaler."""
     p = config.reads(cfg, SplitReads)
     source, params = p.prepare.output, p.split
+    if source.is_dir():
+        raise ClrpipeError(f"{source}: is a folder; prepare.output must be the prepared file")
     if not source.is_file():
         raise ClrpipeError(f"{source}: not found; run `clrpipe prepare` first")
     frame = read_prepared(source)
+    data.check_splittable(frame[data.TARGET], params.test_size, str(source))
     train, test = train_test_split(
         frame, test_size=params.test_size, random_state=params.seed, stratify=frame[data.TARGET]
     )
@@ -65,8 +68,14 @@ def run(cfg: DictConfig) -> dict:
 
 
 def read_prepared(source: Path) -> pd.DataFrame:
-    """Read the prepared table, refusing one that lacks a feature column."""
-    frame = pd.read_parquet(source)
+    """Read the prepared table, refusing one that is not Parquet or lacks a feature column."""
+    try:
+        frame = pd.read_parquet(source)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ClrpipeError(
+            f"{source}: not a readable Parquet table ({first}); rerun `clrpipe prepare`"
+        ) from None
     missing = [c for c in (*data.FEATURES, data.TARGET) if c not in frame.columns]
     if missing:
         raise ClrpipeError(f"{source}: missing column '{missing[0]}'; rerun `clrpipe prepare`")
