@@ -14,6 +14,7 @@ one of its prefixes, or by `${key}` in the stage's deps or outs (a path DVC trac
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import re
 import typing
@@ -77,13 +78,14 @@ def closure(roots: dict[str, bool]) -> set[str]:
     return seen
 
 
-def code_deps(stage_module: str) -> set[str]:
+@functools.cache
+def code_deps(stage_module: str) -> frozenset[str]:
     """Repo-relative files a stage's process runs: its modules, their RUN_FILES, `uv.lock`."""
     modules = closure({"clrpipe.cli": True, f"clrpipe.stages.{stage_module}": False})
     files = {str(module_file(m).relative_to(REPO)) for m in modules}
     for name in modules:
         files.update(getattr(importlib.import_module(name), "RUN_FILES", ()))
-    return files | set(ALWAYS)
+    return frozenset(files | set(ALWAYS))
 
 
 def _fields(model: type[BaseModel], prefix: str) -> Iterator[str]:
@@ -95,12 +97,14 @@ def _fields(model: type[BaseModel], prefix: str) -> Iterator[str]:
             yield f"{prefix}{name}"
 
 
-def param_keys(reads: type[BaseModel]) -> set[str]:
+@functools.cache
+def param_keys(reads: type[BaseModel]) -> frozenset[str]:
     """Dotted leaf keys a `Reads` projection holds (a union or mapping is one leaf)."""
     typing.get_type_hints(reads)  # resolve postponed annotations
-    return set(_fields(reads, ""))
+    return frozenset(_fields(reads, ""))
 
 
+@functools.cache
 def stage_reads() -> dict[str, tuple[str, type[BaseModel]]]:
     """DVC stage name -> (stage module, its `Reads` model), from every module's `STAGES`."""
     found = {}
@@ -146,3 +150,9 @@ def missing(dvc_yaml: dict) -> list[str]:
             if key not in interpolated and not any(p in params for p in prefixes):
                 problems.append(f"{name}: params lacks {key}")
     return problems
+
+
+if __name__ == "__main__":  # print what each stage needs, to paste into dvc.yaml
+    for stage, (module, reads) in stage_reads().items():
+        print(f"{stage}:\n  deps:", *sorted(code_deps(module)), sep="\n    - ")
+        print("  params:", *sorted(param_keys(reads)), sep="\n    - ")

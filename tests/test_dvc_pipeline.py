@@ -152,10 +152,10 @@ def build(root: Path, cardio_csv: Path, site_cache: Path) -> Pipeline:
     skip = shutil.ignore_patterns("__pycache__", "*.pyc")
     for folder in ("src", "conf"):
         shutil.copytree(REPO / folder, root / folder, ignore=skip)
-    for name in ("dvc.yaml", ".gitignore"):
+    for name in ("dvc.yaml", ".gitignore", "uv.lock"):
         shutil.copy(REPO / name, root / name)
     (root / "legacy").mkdir()
-    for name in ("tfa_train.py", "tfa_common.py", "uv.lock"):  # train_clr's tfa-bridge deps
+    for name in ("tfa_train.py", "tfa_common.py", "pyproject.toml", "uv.lock"):  # tfa bridge
         shutil.copy(REPO / "legacy" / name, root / "legacy" / name)
     (root / "data" / "raw").mkdir(parents=True)
     shutil.copy(cardio_csv, root / "data" / "raw" / "cardio_train.csv")
@@ -317,6 +317,27 @@ def test_exp_run_set_composes_params_and_reaches_code_and_mlflow(pipeline):
         assert clr[0].data.metrics["epochs"] == 3
         parent_id = clr[0].data.tags["mlflow.parentRunId"]
         assert client.get_run(parent_id).data.tags["dvc.exp_name"] == name
+    finally:
+        pipeline.reset()
+
+
+def test_exp_run_reshuffle_reruns_every_training(pipeline):
+    """`train.reshuffle` changes how both trainings and the comparison train: an experiment
+    setting it must rerun them (it once was in no stage's params, so DVC reused old results)."""
+    root = pipeline.root
+    name = "reshuffled"
+    before = {stage: pipeline.read_json(f"metrics/{stage}.json")
+              for stage in ("train_baseline", "train_clr")}
+    try:
+        done = pipeline.dvc("exp", "run", "--temp", "-n", name, "-S", "train.reshuffle=true")
+        expected = dependents(root, "train.reshuffle")
+        assert {"train_baseline", "train_clr", "compare"} <= expected
+        assert ran(done.stdout + done.stderr) == expected
+        exp = _find_exp(json.loads(pipeline.dvc("exp", "show", "--json").stdout), name)
+        assert exp["params"]["params.yaml"]["data"]["train"]["reshuffle"] is True
+        for stage, metrics in before.items():
+            reshuffled = exp["metrics"][f"metrics/{stage}.json"]["data"]
+            assert reshuffled["train_accuracy"] != metrics["train_accuracy"], stage
     finally:
         pipeline.reset()
 

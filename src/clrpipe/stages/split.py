@@ -19,13 +19,17 @@ from sklearn.preprocessing import StandardScaler
 from clrpipe import config, data
 from clrpipe.errors import ClrpipeError
 from clrpipe.outputs import atomic_outputs
-from clrpipe.params import PrepareParams, Reads, SplitParams
+from clrpipe.params import Reads, SplitParams
+
+
+class _Prepared(Reads):
+    output: Path
 
 
 class SplitReads(Reads):
     """What `split` reads from params.yaml."""
 
-    prepare: PrepareParams
+    prepare: _Prepared
     split: SplitParams
 
 

@@ -1,0 +1,68 @@
+"""dvc.yaml cannot lie: every stage lists every module it runs and every key it reads.
+
+`tests/dvc_graph.py` computes both from the code; these tests check dvc.yaml against them, and
+that the check itself catches the removal of any one entry.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from tests import dvc_graph
+from tests.conftest import REPO
+
+DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
+
+
+def test_dvc_yaml_lists_every_code_dependency_and_param():
+    assert dvc_graph.missing(DVC_YAML) == []
+
+
+def _checked_entries():
+    """(stage, kind, entry) for every code dep and param of dvc.yaml (data deps excluded)."""
+    for name, stage in DVC_YAML["stages"].items():
+        for dep in stage.get("deps", []):
+            if not str(dep).startswith("${") and not str(dep).startswith(("metrics/", "data/")):
+                yield name, "deps", dep
+        for param in stage.get("params", []):
+            yield name, "params", param
+
+
+@pytest.mark.parametrize(("stage", "kind", "entry"), list(_checked_entries()))
+def test_removing_any_one_entry_is_caught_naming_stage_and_entry(stage, kind, entry):
+    broken = copy.deepcopy(DVC_YAML)
+    broken["stages"][stage][kind].remove(entry)
+    found = dvc_graph.missing(broken)
+    prefix = f"{stage}: {kind} lacks "
+    named = [line.removeprefix(prefix) for line in found if line.startswith(prefix)]
+    assert named, found
+    assert all(key == entry or key.startswith(f"{entry}.") for key in named), named
+
+
+def test_reshuffle_is_a_param_of_every_training_stage():
+    for stage in ("train_baseline", "train_clr", "compare"):
+        assert "train.reshuffle" in DVC_YAML["stages"][stage]["params"]
+
+
+def test_closure_follows_function_level_imports_but_not_other_cli_commands():
+    compare = dvc_graph.code_deps("compare")
+    assert "src/clrpipe/parallel.py" in compare and "src/clrpipe/tracking.py" in compare
+    assert "legacy/tfa_train.py" in compare  # RUN_FILES of clrpipe.legacy
+    assert "src/clrpipe/gate.py" not in compare  # imported only inside `clrpipe gate`
+    assert "src/clrpipe/cli.py" in dvc_graph.code_deps("fetch")
+
+
+@pytest.mark.parametrize("module", dvc_graph.STAGE_MODULES)
+def test_no_stage_imports_another(module):
+    modules = dvc_graph.closure({f"clrpipe.stages.{module}": False})
+    stages = {m for m in modules if m.startswith("clrpipe.stages.")}
+    assert stages == {f"clrpipe.stages.{module}"}
+
+
+def test_every_stage_entry_point_is_short():
+    for module in dvc_graph.STAGE_MODULES:
+        lines = (REPO / "src" / "clrpipe" / "stages" / f"{module}.py").read_text().splitlines()
+        assert len(lines) <= 140, (module, len(lines))
