@@ -24,7 +24,7 @@ RUN uv sync --frozen --no-dev --no-install-project
 
 COPY README.md ./
 COPY src/ src/
-RUN uv sync --frozen --no-dev --no-editable
+RUN uv sync --frozen --no-dev --no-editable --compile-bytecode
 
 COPY conf/ conf/
 COPY .dvc/ .dvc/

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from clrpipe import cli, data
+from clrpipe import cli, data, keras_private
 from clrpipe.schedules import CyclicalLearningRate
 
 pytestmark = [pytest.mark.legacy, pytest.mark.slow]
@@ -56,7 +56,7 @@ def test_tfa_backend_trains_through_the_stage(trained_project):
     assert list(pd.read_csv("plots/train_clr/history.csv").epoch) == [1, 2]
     # Resuming the saved model continues tfa's cycle where it stopped.
     assert int(model.optimizer.iterations) == len(lr)
-    assert isinstance(model.optimizer._learning_rate, CyclicalLearningRate)
+    assert isinstance(keras_private.learning_rate_schedule(model.optimizer), CyclicalLearningRate)
 
     client = MlflowClient(f"sqlite:///{trained_project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("clrpipe")

@@ -26,7 +26,7 @@ from mlflow.projects._project_spec import load_project
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from clrpipe import config, data, schedules, tracking
+from clrpipe import config, data, keras_private, schedules, tracking
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -208,7 +208,8 @@ def test_mlflow_run_train_against_a_server(mlflow_server, mlflow_project):
 
     mlflow.set_tracking_uri(mlflow_server)
     model = mlflow.keras.load_model(f"runs:/{child.info.run_id}/model")  # needs clrpipe.schedules
-    assert isinstance(model.optimizer._learning_rate, schedules.CyclicalLearningRate)
+    schedule = keras_private.learning_rate_schedule(model.optimizer)
+    assert isinstance(schedule, schedules.CyclicalLearningRate)
     test = pd.read_parquet(mlflow_project / "data/split/test.parquet")
     x = test[list(data.FEATURES)].to_numpy("float32")[:256]
     in_memory = keras.models.load_model(mlflow_project / "models/train_clr.keras")

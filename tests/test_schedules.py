@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from clrpipe import config as clrpipe_config
+from clrpipe import keras_private
 from clrpipe.errors import ClrpipeError
 from clrpipe.params import schedule_spec
 from clrpipe.schedules import (
@@ -251,9 +252,10 @@ def test_save_load_resume_continues_the_cycle(tmp_path, make_optimizer):
     first.save(tmp_path / "x.keras")
     loaded = keras.models.load_model(tmp_path / "x.keras")
 
-    schedule = loaded.optimizer._learning_rate
+    schedule = keras_private.learning_rate_schedule(loaded.optimizer)
     assert type(loaded.optimizer) is type(first.optimizer)
-    assert schedule.get_config() == first.optimizer._learning_rate.get_config()
+    first_schedule = keras_private.learning_rate_schedule(first.optimizer)
+    assert schedule.get_config() == first_schedule.get_config()
     assert int(loaded.optimizer.iterations) == 8
     assert float(loaded.optimizer.learning_rate) == float(schedule(8))
     loaded.fit(x, y, epochs=1, **fit)

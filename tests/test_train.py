@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from clrpipe import cli, config, data, schedules, tracking
+from clrpipe import cli, config, data, keras_private, schedules, tracking
 
 EPOCHS = 2
 PINNED = ("schedule.initial_learning_rate=1e-4", "schedule.maximal_learning_rate=1e-2")
@@ -52,7 +52,8 @@ def test_clr_stage_writes_outputs(clr_run):
     lr = pd.read_csv("plots/train_clr/lr.csv")
     assert lr.lr.between(1e-4, 1e-2).all()
     model = keras.models.load_model("models/train_clr.keras")
-    assert isinstance(model.optimizer._learning_rate, schedules.CyclicalLearningRate)
+    schedule = keras_private.learning_rate_schedule(model.optimizer)
+    assert isinstance(schedule, schedules.CyclicalLearningRate)
     test = pd.read_parquet("data/split/test.parquet")
     _, accuracy = model.evaluate(test[list(data.FEATURES)].to_numpy("float32"),
                                  test[data.TARGET].to_numpy("float32"), verbose=0)

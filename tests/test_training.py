@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from clrpipe import schedules, training
+from clrpipe import keras_private, schedules, training
 from clrpipe.errors import ClrpipeError
 from clrpipe.model import ModelParams, build_model
 
@@ -73,7 +73,7 @@ def test_lr_is_recorded_after_every_compiled_call_with_its_step(data):
     model, history = clrpipe_fit(data, 32, triangular(), steps_per_execution=7, epochs=2)
     ends = [7, 14, 21, 28, 32]
     assert history.lr_steps == ends + [steps + end for end in ends]
-    schedule = model.optimizer._learning_rate
+    schedule = keras_private.learning_rate_schedule(model.optimizer)
     expected = [float(schedule(step)) for step in history.lr_steps]
     assert history.lr_values == pytest.approx(expected, rel=1e-6)
 

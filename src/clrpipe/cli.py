@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
+import re
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -72,7 +75,9 @@ def _run(stage: str, overrides: tuple[str, ...], *args: str) -> None:
         cfg = config.load(overrides)
         config.validated(cfg)
         with _sigterm_interrupts():
-            importlib.import_module(f"clrpipe.stages.{stage}").run(cfg, *args)
+            with _quiet_tensorflow_start():
+                module = importlib.import_module(f"clrpipe.stages.{stage}")
+            module.run(cfg, *args)
     except ClrpipeError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
@@ -80,6 +85,39 @@ def _run(stage: str, overrides: tuple[str, ...], *args: str) -> None:
         signum = signal.SIGTERM if isinstance(err, _Terminated) else signal.SIGINT
         click.echo(f"error: interrupted by {signum.name}; no outputs written", err=True)
         sys.exit(128 + signum)
+
+
+_TF_START_NOISE = re.compile(
+    r"absl::InitializeLog|oneDNN custom operations|cudart_stub|cuda_platform|cuInit|"
+    r"cpu_feature_guard|To enable the following instructions|Could not find cuda drivers"
+)
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow_start():
+    """Import TensorFlow without its start-up banner: TF_CPP_MIN_LOG_LEVEL=3 (errors are still
+    raised as Python exceptions) and, while the stage module is imported, the lines TensorFlow
+    writes to stderr before its logging is initialised (which no setting reaches) are dropped;
+    anything else written meanwhile is passed on. Setting TF_CPP_MIN_LOG_LEVEL yourself (e.g.
+    0) turns this off and shows TensorFlow's own log lines."""
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+        yield
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not _TF_START_NOISE.search(line):
+                    sys.stderr.write(line)
 
 
 class _Terminated(KeyboardInterrupt):

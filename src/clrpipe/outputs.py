@@ -23,6 +23,13 @@ STORAGE_ERRNOS = frozenset(
 )
 
 
+def _umask_mode() -> int:
+    """0666 less the process's umask: the mode `open()` would give a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_outputs(*targets: str | os.PathLike) -> Iterator[list[Path]]:
     """Yield a temporary path beside each target; move them all into place only on success.
@@ -61,9 +68,12 @@ def atomic_outputs(*targets: str | os.PathLike) -> Iterator[list[Path]]:
             raise ClrpipeError(
                 f"{final}: cannot write it ({_reason(err)}); no output was replaced"
             ) from None
+        mode = _umask_mode()
         with uninterruptible():
             for temp, final in zip(temps, finals, strict=True):
                 try:
+                    if temp.is_file():
+                        os.chmod(temp, mode)  # mkstemp makes 0600; an output follows the umask
                     os.replace(temp, final)
                 except OSError as err:
                     done = (

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -35,6 +37,9 @@ from clrpipe.config import PARAMS_FILE, flatten
 from clrpipe.errors import first_line
 from clrpipe.outputs import uninterruptible
 from clrpipe.params import TrackingParams
+
+for _chatty in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database ..."
+    logging.getLogger(_chatty).setLevel(logging.WARNING)
 
 PIPELINE_TAG = "clrpipe.pipeline"
 BUFFER_SECONDS = 5.0  # buffered metrics reach the store at most this often (see StageRun)
@@ -151,7 +156,13 @@ class StageRun:
         from mlflow.models import infer_signature
 
         signature = infer_signature(example, keras.ops.convert_to_numpy(model(example)))
-        mlflow.keras.log_model(model, name="model", signature=signature)
+        quiet = logging.getLogger("mlflow.utils.environment")  # "Failed to resolve installed
+        level = quiet.level                                    # pip version": uv venvs lack pip
+        quiet.setLevel(logging.ERROR)
+        try:
+            mlflow.keras.log_model(model, name="model", signature=signature)
+        finally:
+            quiet.setLevel(level)
         self.log_dict({"columns": columns, "data": example.tolist()}, "model/input_example.json")
 
     def log_datasets(self, frames: Mapping, name: str, target: str) -> None:
@@ -165,9 +176,11 @@ class StageRun:
         from mlflow.models import infer_signature
 
         for context, frame in frames.items():
-            dataset = mlflow.data.from_pandas(frame, targets=target, name=f"{name}_{context}")
-            if not frame.isna().to_numpy().any():
-                dataset.schema = infer_signature(frame.head(100)).inputs
+            with warnings.catch_warnings():  # the integer target's "missing values" hint
+                warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer")
+                dataset = mlflow.data.from_pandas(frame, targets=target, name=f"{name}_{context}")
+                if not frame.isna().to_numpy().any():
+                    dataset.schema = infer_signature(frame.head(100)).inputs
             mlflow.log_input(dataset, context=context)
 
     def log_dict(self, data: Mapping, name: str) -> None:
