@@ -117,6 +117,8 @@ def start_ray(ray_params: RayParams):
     # working directory, which holds no project, so workers lacked `ray` and never registered
     # (seen on a fresh clone). Workers use this interpreter instead. Read when Ray is imported.
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    if ray_params.address is None:  # token auth, as Ray's default, minus its warning about it
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
