@@ -42,8 +42,13 @@ __all__ = [
     "CompareParams",
     "ConstantSchedule",
     "CyclicalSchedule",
+    "TASKS",
+    "BuiltinModel",
+    "CardioData",
+    "CustomModel",
     "DataParams",
     "DataSource",
+    "TableData",
     "HgbParams",
     "Limits",
     "MethodParams",
@@ -141,7 +146,7 @@ class Limits(Section):
 
 
 class DataSource(Reads):
-    """The `data:` keys saying where the raw table lives and where to fetch it."""
+    """The `data:` keys saying where the cardio table lives and where to fetch it."""
 
     raw: Path
     kaggle_dataset: str
@@ -149,12 +154,59 @@ class DataSource(Reads):
     sha256: str
 
 
-class DataParams(DataSource):
-    """`data:` where the raw table lives, where to fetch it, and the repair limits."""
+class CardioData(DataSource):
+    """`data: cardio` (the default): the Kaggle table, its repair limits, and the validation
+    accuracy that counts as reaching a good model (`compare`'s epochs-to-target)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    kind: Literal["cardio"] = "cardio"
     limits: Limits = Limits()
+    target_score: float | None = Field(default=None, gt=0, lt=1)
+
+
+TASKS = ("binary", "multiclass", "regression")
+
+
+class TableData(Section):
+    """`data: table`: any CSV, TSV or Parquet table with a target column.
+
+    `task` is inferred when null (text, boolean or at most `max_classes` integer levels mean
+    classification, floats regression); `categorical` null means the text and boolean columns;
+    `missing: impute` fills gaps on the training part (median / most frequent, with indicator
+    columns), `refuse` rejects a table with any."""
+
+    kind: Literal["table"]
+    raw: Path
+    target: str = Field(min_length=1)
+    task: Literal["binary", "multiclass", "regression"] | None = None
+    format: Literal["csv", "tsv", "parquet"] | None = None
+    id_columns: list[str] = []
+    ignore_columns: list[str] = []
+    categorical: list[str] | None = None
+    missing: Literal["impute", "refuse"] = "impute"
+    max_classes: PositiveInt = 20
+    target_score: float | None = None
+
+    @field_validator("raw", "target", mode="before")
+    @classmethod
+    def _required(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("required (data.raw=FILE data.target=COLUMN), got null")
+        return value
+
+
+def _kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("kind", "cardio")
+    return getattr(value, "kind", None)
+
+
+DataParams = Annotated[
+    Annotated[CardioData, Tag("cardio")] | Annotated[TableData, Tag("table")],
+    Discriminator(_kind),
+]
+"""`data:` the cardio table (default) or a user's table, chosen by `kind`."""
 
 
 class PrepareParams(Section):
@@ -190,10 +242,10 @@ INITIALIZERS = (
 """Keras 3.15's initializer names usable without arguments (a test compares with Keras)."""
 
 
-class ModelParams(Section):
-    """`model:` hidden layer sizes, activation, initializer and regularization."""
+class BuiltinModel(Section):
+    """`model:` the built-in MLP: hidden layer sizes, activation, initializer, regularization."""
 
-    units: list[PositiveInt] = Field(min_length=2, max_length=2)
+    units: list[PositiveInt] = Field(min_length=1)
     activation: str = "relu"
     kernel_initializer: str = "glorot_uniform"
     dropout: float = Field(default=0.0, ge=0, lt=1)
@@ -212,6 +264,42 @@ class ModelParams(Section):
         if name not in INITIALIZERS:
             raise ValueError(f"expected a Keras initializer name, got {name!r}")
         return name
+
+
+class CustomModel(BaseModel):
+    """`model: {_target_: package.module.build, ...}`: a user's builder (Hydra's convention).
+
+    The callable gets `n_features`, `output` (a `clrpipe.tasks.OutputSpec`) and the other keys
+    as keyword arguments, and returns an uncompiled `keras.Model`."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    target: str = Field(alias="_target_")
+
+    @field_validator("target")
+    @classmethod
+    def _dotted(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][\w.]*\.[A-Za-z_]\w*", value):
+            raise ValueError(f"expected a dotted path package.module.function, got {value!r}")
+        return value
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The builder's keyword arguments: every key beside `_target_`."""
+        return dict(self.model_extra or {})
+
+
+def _model_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "custom" if "_target_" in value else "builtin"
+    return "custom" if isinstance(value, CustomModel) else "builtin"
+
+
+ModelParams = Annotated[
+    Annotated[BuiltinModel, Tag("builtin")] | Annotated[CustomModel, Tag("custom")],
+    Discriminator(_model_kind),
+]
+"""`model:` the built-in MLP, or a user's builder named by `_target_`."""
 
 
 # --- schedule ---------------------------------------------------------------------------------
@@ -468,12 +556,14 @@ class RayParams(Section):
 
 
 class CompareParams(Section):
-    """`compare:` methods x seeds, the accuracy target, and gradient boosting as reference."""
+    """`compare:` methods x seeds, and gradient boosting as the reference. A trial's "epochs to
+    target" counts epochs until its validation score reaches `data.target_score`, or when
+    that is null the reference's mean validation score minus `target_margin`."""
 
     seeds: PositiveInt
     first_seed: Integer = 0
     epochs: PositiveInt
-    target_accuracy: float = Field(gt=0, lt=1)
+    target_margin: float = Field(default=0.004, ge=0)
     confidence: float = Field(default=0.95, gt=0, lt=1)
     suggested_lr: Literal["geometric_mean", "arithmetic_mean"] = "geometric_mean"
     select: list[str] | None = None
@@ -539,22 +629,30 @@ class _ScheduleHolder(BaseModel):
     schedule: ScheduleParams
 
 
+_UNION_TAGS = {"schedule": POLICIES, "data": ("cardio", "table"), "model": ("builtin", "custom")}
+_UNION_KEYS = {"schedule": "policy", "data": "kind", "model": "_target_"}
+
+
 def describe(err: ValidationError, where: str = "") -> str:
     """One line for the first error: `<where>.<dotted key>: <what was expected>, got <value>`."""
     first = err.errors()[0]
-    loc, policy = [], None
+    loc, tag = [], None
     for part in map(str, first["loc"]):
-        if loc and loc[-1] == "schedule" and part in POLICIES:
-            policy = part  # the union's tag, not a key the user wrote
+        if loc and part in _UNION_TAGS.get(loc[-1], ()):
+            tag = (_UNION_KEYS[loc[-1]], part)  # the union's tag, not a key the user wrote
         else:
             loc.append(part)
     message = first["msg"].removeprefix("Value error, ")
     kind = first["type"]
     if kind == "union_tag_invalid":
-        loc.append("policy")
-        message = f"expected one of {', '.join(POLICIES)}, got {first['ctx']['tag']!r}"
+        key = _UNION_KEYS.get(loc[-1] if loc else "schedule", "policy")
+        loc.append(key)
+        tags = _UNION_TAGS.get(loc[-2] if len(loc) > 1 else "schedule", POLICIES)
+        message = f"expected one of {', '.join(tags)}, got {first['ctx']['tag']!r}"
     elif kind == "extra_forbidden":
-        message = "unknown key" + (f" for policy {policy}" if policy else "")
+        message = "unknown key" + (f" for {tag[0]} {tag[1]}" if tag else "")
+        if tag == ("_target_", "builtin"):
+            message = "unknown key for the built-in model (set model._target_ to use your own)"
     elif kind == "union_tag_not_found":
         message = f"expected a mapping of keys with a policy, got {_show(first.get('input'))}"
     elif kind == "missing":
