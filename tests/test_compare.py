@@ -87,7 +87,7 @@ def test_summary_medians_count_seeds_that_missed_the_target_as_slowest():
     assert clr.reached == 2
     assert clr.epochs_to_target == 2  # median of 2, 1, never
     assert clr.seconds_to_target == 2.0
-    assert clr.test_accuracy.mean == pytest.approx(0.73)
+    assert clr.test_score.mean == pytest.approx(0.73)
     assert flat.reached == 1
     assert flat.epochs_to_target is None  # median of 3 and never
     table = markdown_table(summary, 0.73)
@@ -283,3 +283,26 @@ def test_null_rates_without_a_range_test_are_refused(trained_project):
         "means 'from the range test', but metrics/range_test.json was not found (run `clrpipe "
         "range-test` first or set a number)"
     )
+
+
+def test_the_target_is_the_datasets_or_the_reference_minus_a_margin():
+    from clrpipe.compare import target_score
+
+    trials = [outcome("clr", 0, 0.73, [0.74]),
+              TrialOutcome("hgb", 0, 0.74, 0.5, 0.5, (0.745,), (1.0,), epochs=False),
+              TrialOutcome("hgb", 1, 0.74, 0.5, 0.5, (0.741,), (1.0,), epochs=False)]
+    assert target_score(0.738, trials, 0.004) == 0.738
+    assert target_score(None, trials, 0.004) == pytest.approx(0.739)
+    with pytest.raises(ClrpipeError, match=r"data\.target_score: null needs the gradient"):
+        target_score(None, trials[:1], 0.004)
+
+
+def test_regression_summaries_are_named_after_r2():
+    trials = [TrialOutcome("mlp", s, 0.5 + s / 10, 0.3, 0.2, (0.4, 0.6), (1.0, 1.0), metric="r2")
+              for s in range(3)]
+    summary = summarize(trials, target=0.55)["mlp"]
+    found = summary.as_dict()
+    assert found["test_r2_mean"] == pytest.approx(0.6) and "test_accuracy_mean" not in found
+    assert (summary.epochs_to_target, summary.reached) == (2, 3)
+    table = markdown_table({"mlp": summary}, 0.55)
+    assert "test R² (mean)" in table and "| mlp | 3 | 0.6000 | [" in table

@@ -177,3 +177,15 @@ def test_bad_regularization_is_refused_naming_the_key(trained_project, override,
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines()[-1] == f"error: params.yaml: {expected}"
     assert not Path("models").exists()
+
+
+@pytest.mark.parametrize("content", ['{"base_lr": 0.1, "max', '{"max_lr": 0.5}', "[]"])
+def test_a_broken_range_test_result_is_one_line_asking_to_rerun_it(trained_project, content):
+    Path("metrics").mkdir()
+    Path("metrics/range_test.json").write_text(content)
+    result = train("clr")
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: metrics/range_test.json: not a range-test result (")
+    assert line.endswith("rerun `clrpipe range-test`")
+    assert not Path("models").exists() and not Path("mlflow.db").exists()

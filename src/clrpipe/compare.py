@@ -34,8 +34,11 @@ __all__ = [
     "plan",
     "report",
     "report_markdown",
+    "score_label",
+    "score_text",
     "suggested_constant_lr",
     "summarize",
+    "target_score",
     "uses_hgb",
 ]
 
@@ -98,29 +101,43 @@ def uses_hgb(compare: CompareParams) -> bool:
 
 @dataclass(frozen=True)
 class TrialOutcome:
-    """One training's result. `epochs` False marks a non-iterative reference (gradient
-    boosting): its single `val_accuracy`/`epoch_seconds` entry is the whole fit."""
+    """One training's result, scored by `metric` (accuracy, or R² for regression; higher is
+    better). `epochs` False marks a non-iterative reference (gradient boosting): its single
+    `val_score`/`epoch_seconds` entry is the whole fit."""
 
     method: str
     seed: int
-    test_accuracy: float
+    test_score: float
     test_loss: float
     final_loss: float
-    val_accuracy: tuple[float, ...]
+    val_score: tuple[float, ...]
     epoch_seconds: tuple[float, ...]
     epochs: bool = True
+    metric: str = "accuracy"
 
 
 def first_reach(
-    val_accuracy: Sequence[float], epoch_seconds: Sequence[float], target: float
+    val_score: Sequence[float], epoch_seconds: Sequence[float], target: float
 ) -> tuple[int | None, float | None]:
-    """(1-based epoch, cumulative seconds) when validation accuracy first reaches `target`."""
+    """(1-based epoch, cumulative seconds) when the validation score first reaches `target`."""
     elapsed = 0.0
-    for epoch, (accuracy, seconds) in enumerate(zip(val_accuracy, epoch_seconds, strict=True), 1):
+    for epoch, (score, seconds) in enumerate(zip(val_score, epoch_seconds, strict=True), 1):
         elapsed += seconds
-        if accuracy >= target:
+        if score >= target:
             return epoch, elapsed
     return None, None
+
+
+def target_score(fixed: float | None, outcomes: Iterable[TrialOutcome], margin: float) -> float:
+    """The validation score "epochs to target" counts to: `fixed` (`data.target_score`), else
+    the reference's mean validation score minus `margin`."""
+    if fixed is not None:
+        return fixed
+    reference = [o.val_score[-1] for o in outcomes if o.method == HGB]
+    if not reference:
+        raise ClrpipeError(f"{PARAMS_FILE}: data.target_score: null needs the gradient-"
+                           "boosting reference (compare.hgb, selected) to set the target")
+    return float(np.mean(reference)) - margin
 
 
 @dataclass(frozen=True)
@@ -129,8 +146,8 @@ class MethodSummary:
 
     method: str
     seeds: tuple[int, ...]
-    test_accuracy: Interval
-    test_accuracy_sd: float
+    test_score: Interval
+    test_score_sd: float
     reached: int
     epochs_to_target: float | None
     seconds_to_target: float | None
@@ -138,16 +155,18 @@ class MethodSummary:
     final_loss: float
     test_loss: float
     iterative: bool = True
-    per_seed_accuracy: tuple[float, ...] = field(default=())
+    per_seed_score: tuple[float, ...] = field(default=())
+    metric: str = "accuracy"
 
     def as_dict(self) -> dict:
-        """JSON-ready: numbers and None only."""
+        """JSON-ready: numbers and None only; score keys named after the metric."""
+        m = self.metric
         return {
             "seeds": len(self.seeds),
-            "test_accuracy_mean": self.test_accuracy.mean,
-            "test_accuracy_ci_low": self.test_accuracy.low,
-            "test_accuracy_ci_high": self.test_accuracy.high,
-            "test_accuracy_sd": self.test_accuracy_sd,
+            f"test_{m}_mean": self.test_score.mean,
+            f"test_{m}_ci_low": self.test_score.low,
+            f"test_{m}_ci_high": self.test_score.high,
+            f"test_{m}_sd": self.test_score_sd,
             "reached_target": self.reached,
             "epochs_to_target": self.epochs_to_target if self.iterative else None,
             "seconds_to_target": self.seconds_to_target,
@@ -170,13 +189,13 @@ def summarize(
         seeds = [t.seed for t in trials]
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"summarize: method {method} has a seed twice: {seeds}")
-        accuracy = [t.test_accuracy for t in trials]
-        reach = [first_reach(t.val_accuracy, t.epoch_seconds, target) for t in trials]
+        scores = [t.test_score for t in trials]
+        reach = [first_reach(t.val_score, t.epoch_seconds, target) for t in trials]
         summaries[method] = MethodSummary(
             method=method,
             seeds=tuple(seeds),
-            test_accuracy=t_interval(accuracy, confidence),
-            test_accuracy_sd=float(np.std(accuracy, ddof=1)) if len(accuracy) > 1 else 0.0,
+            test_score=t_interval(scores, confidence),
+            test_score_sd=float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
             reached=sum(epoch is not None for epoch, _ in reach),
             epochs_to_target=median((epoch for epoch, _ in reach), missing="worst"),
             seconds_to_target=median((seconds for _, seconds in reach), missing="worst"),
@@ -184,25 +203,34 @@ def summarize(
             final_loss=float(np.mean([t.final_loss for t in trials])),
             test_loss=float(np.mean([t.test_loss for t in trials])),
             iterative=all(t.epochs for t in trials),
-            per_seed_accuracy=tuple(accuracy),
+            per_seed_score=tuple(scores),
+            metric=trials[0].metric,
         )
     return summaries
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}"
+def score_text(value: float | None, metric: str) -> str:
+    """A score as the table shows it: accuracy in percent, R² as it is."""
+    if value is None:
+        return "n/a"
+    return f"{100 * value:.2f}" if metric == "accuracy" else f"{value:.4f}"
+
+
+def score_label(metric: str) -> str:
+    return "accuracy %" if metric == "accuracy" else "R²"
 
 
 def markdown_table(
     summaries: Mapping[str, MethodSummary], target: float, confidence: float = 0.95
 ) -> str:
-    """One row per method: seeds, test accuracy mean and interval (%), time to the target
-    validation accuracy (median epochs and seconds, and how many seeds reached it), mean
+    """One row per method: seeds, test score mean and interval, time to the target
+    validation score (median epochs and seconds, and how many seeds reached it), mean
     training seconds, final training loss and test loss."""
+    metric = next(iter(summaries.values())).metric if summaries else "accuracy"
     level = f"{100 * confidence:g}%"
-    goal = f"{100 * target:g}%"
+    goal = f"{100 * target:g}%" if metric == "accuracy" else f"R² {target:.4g}"
     lines = [
-        f"| method | seeds | test accuracy % (mean) | {level} interval | "
+        f"| method | seeds | test {score_label(metric)} (mean) | {level} interval | "
         f"epochs to {goal} val | seconds to {goal} val | reached | train s | final train loss "
         "| test loss |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -213,30 +241,33 @@ def markdown_table(
         )
         seconds = "not reached" if s.seconds_to_target is None else f"{s.seconds_to_target:.1f}"
         interval = (
-            "n/a" if s.test_accuracy.low is None
-            else f"[{_pct(s.test_accuracy.low)}, {_pct(s.test_accuracy.high)}]"
+            "n/a" if s.test_score.low is None
+            else f"[{score_text(s.test_score.low, metric)}, "
+                 f"{score_text(s.test_score.high, metric)}]"
         )
         lines.append(
-            f"| {s.method} | {len(s.seeds)} | {_pct(s.test_accuracy.mean)} | {interval} | "
-            f"{epochs} | {seconds} | {s.reached}/{len(s.seeds)} | {s.train_seconds:.1f} | "
-            f"{s.final_loss:.4f} | {s.test_loss:.4f} |"
+            f"| {s.method} | {len(s.seeds)} | {score_text(s.test_score.mean, metric)} | "
+            f"{interval} | {epochs} | {seconds} | {s.reached}/{len(s.seeds)} | "
+            f"{s.train_seconds:.1f} | {s.final_loss:.4f} | {s.test_loss:.4f} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def best_network(summaries: Mapping[str, MethodSummary]) -> MethodSummary | None:
-    """The iterative method with the highest mean test accuracy."""
+    """The iterative method with the highest mean test score."""
     networks = [s for s in summaries.values() if s.iterative]
-    return max(networks, key=lambda s: s.test_accuracy.mean) if networks else None
+    return max(networks, key=lambda s: s.test_score.mean) if networks else None
 
 
 def report(compare: CompareParams, methods: Mapping[str, PlannedMethod],
-           summaries: Mapping[str, MethodSummary], seeds: Sequence[int], seconds: float) -> dict:
+           summaries: Mapping[str, MethodSummary], seeds: Sequence[int], seconds: float,
+           target: float) -> dict:
     """`metrics/compare.json`'s content (with the table): summaries, the learning rates each
     method used, and the best network against gradient boosting (Welch interval)."""
     best = best_network(summaries)
+    metric = best.metric if best else next(iter(summaries.values())).metric
     found: dict = {
-        "target_accuracy": compare.target_accuracy,
+        f"target_{metric}": target,
         "confidence": compare.confidence,
         "seeds": len(seeds),
         "first_seed": seeds[0],
@@ -250,10 +281,10 @@ def report(compare: CompareParams, methods: Mapping[str, PlannedMethod],
     }
     if best is not None and HGB in summaries:
         diff = difference_interval(
-            best.per_seed_accuracy, summaries[HGB].per_seed_accuracy, compare.confidence
+            best.per_seed_score, summaries[HGB].per_seed_score, compare.confidence
         )
         found["best_minus_hgb"] = {"mean": diff.mean, "ci_low": diff.low, "ci_high": diff.high}
-    found["table"] = markdown_table(summaries, compare.target_accuracy, compare.confidence)
+    found["table"] = markdown_table(summaries, target, compare.confidence)
     return found
 
 
@@ -266,13 +297,17 @@ def report_markdown(found: dict) -> str:
     best = found["best_network"]
     if "best_minus_hgb" in found:
         d = found["best_minus_hgb"]
+        if "target_accuracy" in found:
+            shown, unit = (lambda v: f"{100 * v:+.2f}"), "points of test accuracy"
+        else:
+            shown, unit = (lambda v: f"{v:+.4f}"), "of test R²"
         interval = (
             "" if d["ci_low"] is None
             else f" ({100 * found['confidence']:g}% Welch interval "
-                 f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}])"
+                 f"[{shown(d['ci_low'])}, {shown(d['ci_high'])}])"
         )
         lines.append(
-            f"Best network: {best}, {100 * d['mean']:+.2f} points of test accuracy against "
+            f"Best network: {best}, {shown(d['mean'])} {unit} against "
             f"gradient boosting{interval}."
         )
     elif best is not None:

@@ -78,36 +78,46 @@ def network_trial(model_params: ModelParams, train: TrainCommon, method: Planned
         batch_size=method.batch_size, seed=seed, split=split,
         on_epoch=lambda *_: epoch_end_ms.append(_now_ms()),
     )
-    history = result.history
+    history, score = result.history, split.output.score
     outcome = TrialOutcome(
-        name, seed, result.test["accuracy"], result.test["loss"], history.epochs["loss"][-1],
-        tuple(history.epochs["val_accuracy"]), tuple(history.epoch_seconds),
+        name, seed, result.test[score], result.test["loss"], history.epochs["loss"][-1],
+        tuple(history.epochs[f"val_{score}"]), tuple(history.epoch_seconds), metric=score,
     )
     return {"outcome": outcome, "history": history, "start_ms": started_ms,
             "end_ms": epoch_end_ms[-1], "epoch_end_ms": epoch_end_ms}
 
 
 def hgb_trial(hgb: HgbParams, seed: int, split: SplitArrays) -> dict[str, Any]:
-    """Ray task body: gradient boosting on the same fit rows, scored on the same slices."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.metrics import log_loss
+    """Ray task body: gradient boosting (a classifier or a regressor, as the task is) on the
+    same fit rows, scored on the same slices: accuracy and log loss, or R² and squared error
+    (in the standardized units the network's loss uses)."""
+    from sklearn import ensemble
+    from sklearn.metrics import log_loss, mean_squared_error
 
+    output = split.output
+    kind = (ensemble.HistGradientBoostingClassifier if output.classification
+            else ensemble.HistGradientBoostingRegressor)
     started_ms = _now_ms()
-    model = HistGradientBoostingClassifier(
-        learning_rate=hgb.learning_rate, max_iter=hgb.max_iter,
-        max_leaf_nodes=hgb.max_leaf_nodes, random_state=seed,
-    )
+    model = kind(learning_rate=hgb.learning_rate, max_iter=hgb.max_iter,
+                 max_leaf_nodes=hgb.max_leaf_nodes, random_state=seed)
     started = time.perf_counter()
     model.fit(split.x, split.y)
     seconds = time.perf_counter() - started
-    val_accuracy = float(model.score(split.x_val, split.y_val))
+
+    def loss(x, y) -> float:
+        if not output.classification:
+            return float(mean_squared_error(y, model.predict(x)))
+        probabilities = model.predict_proba(x)
+        if output.task == "binary":
+            return float(log_loss(y, probabilities[:, 1]))
+        return float(log_loss(y, probabilities, labels=list(range(output.units))))
+
+    val_score = float(model.score(split.x_val, split.y_val))
     outcome = TrialOutcome(
-        HGB, seed, float(model.score(split.x_test, split.y_test)),
-        float(log_loss(split.y_test, model.predict_proba(split.x_test)[:, 1])),
-        float(log_loss(split.y, model.predict_proba(split.x)[:, 1])),
-        (val_accuracy,), (seconds,), epochs=False,
+        HGB, seed, float(model.score(split.x_test, split.y_test)), loss(split.x_test, split.y_test),
+        loss(split.x, split.y), (val_score,), (seconds,), epochs=False, metric=output.score,
     )
-    return {"outcome": outcome, "val_accuracy": val_accuracy,
+    return {"outcome": outcome, "val_score": val_score,
             "iterations": int(model.n_iter_), "start_ms": started_ms, "end_ms": _now_ms()}
 
 

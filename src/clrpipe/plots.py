@@ -35,12 +35,13 @@ def png_bytes(figure: Figure, dpi: int = 110) -> bytes:
     return buffer.getvalue()
 
 
-def training_figures(history: History, title: str) -> dict[str, Figure]:
-    """`curves`: loss and accuracy per epoch (train and validation); `lr`: LR per step."""
+def training_figures(history: History, title: str, score: str = "accuracy") -> dict[str, Figure]:
+    """`curves`: loss and the score (accuracy, R²) per epoch, train and validation; `lr`: LR
+    per step."""
     epochs = range(1, len(history.epoch_seconds) + 1)
     curves = Figure(figsize=(10, 3.8), layout="constrained")
     loss_ax, acc_ax = curves.subplots(1, 2)
-    for metric, ax in (("loss", loss_ax), ("accuracy", acc_ax)):
+    for metric, ax in (("loss", loss_ax), (score, acc_ax)):
         ax.plot(epochs, history.epochs[metric], label="train")
         if f"val_{metric}" in history.epochs:
             ax.plot(epochs, history.epochs[f"val_{metric}"], label="validation")
@@ -103,37 +104,40 @@ def compare_figures(
     """Test accuracy per method with its interval and seeds; validation accuracy per epoch
     (mean line, min-max band over seeds; gradient boosting as a level); LR per step."""
     names = list(summaries)
+    metric = next(iter(summaries.values())).metric if summaries else "accuracy"
+    unit = 100 if metric == "accuracy" else 1
+    label = "accuracy %" if metric == "accuracy" else "R²"
     acc = Figure(figsize=(8, 3.6), layout="constrained")
     ax = acc.subplots()
     for i, name in enumerate(names):
         s = summaries[name]
-        mean = 100 * s.test_accuracy.mean
-        err = None if s.test_accuracy.low is None else [[mean - 100 * s.test_accuracy.low],
-                                                        [100 * s.test_accuracy.high - mean]]
+        mean = unit * s.test_score.mean
+        err = None if s.test_score.low is None else [[mean - unit * s.test_score.low],
+                                                     [unit * s.test_score.high - mean]]
         ax.errorbar([i], [mean], yerr=err, fmt="o", capsize=6, color=f"C{i}")
-        ax.scatter([i + 0.15] * len(s.per_seed_accuracy),
-                   [100 * a for a in s.per_seed_accuracy], s=10, color=f"C{i}", alpha=0.6)
+        ax.scatter([i + 0.15] * len(s.per_seed_score),
+                   [unit * a for a in s.per_seed_score], s=10, color=f"C{i}", alpha=0.6)
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
-    ax.set(ylabel="test accuracy %", title="test accuracy: mean, t-interval, seeds")
+    ax.set(ylabel=f"test {label}", title=f"test {label.split()[0]}: mean, t-interval, seeds")
     ax.grid(alpha=0.3, axis="y")
 
     val = Figure(figsize=(8, 4), layout="constrained")
     ax = val.subplots()
     for i, name in enumerate(names):
-        curves = [o.val_accuracy for o in outcomes if o.method == name]
+        curves = [o.val_score for o in outcomes if o.method == name]
         if not summaries[name].iterative:
-            ax.axhline(100 * float(np.mean(curves)), color=f"C{i}", ls=":", label=name)
+            ax.axhline(unit * float(np.mean(curves)), color=f"C{i}", ls=":", label=name)
             continue
         length = min(len(c) for c in curves)
-        grid = 100 * np.array([c[:length] for c in curves])
+        grid = unit * np.array([c[:length] for c in curves])
         epochs = np.arange(1, length + 1)
         ax.plot(epochs, grid.mean(axis=0), color=f"C{i}", label=name)
         ax.fill_between(epochs, grid.min(axis=0), grid.max(axis=0), color=f"C{i}", alpha=0.2)
-    ax.axhline(100 * target, color="grey", ls="--", lw=0.8, label="target")
+    ax.axhline(unit * target, color="grey", ls="--", lw=0.8, label="target")
     low, high = ax.get_ylim()
-    ax.set_ylim(max(low, 100 * target - 3), high)  # zoom on the target; early epochs run off
-    ax.set(xlabel="epoch", ylabel="validation accuracy %",
-           title="validation accuracy: mean over seeds, min-max band")
+    ax.set_ylim(max(low, unit * (target - 0.03)), high)  # zoom on the target
+    ax.set(xlabel="epoch", ylabel=f"validation {label}",
+           title=f"validation {label.split()[0]}: mean over seeds, min-max band")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
 

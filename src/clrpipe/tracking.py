@@ -183,6 +183,15 @@ class StageRun:
                     dataset.schema = infer_signature(frame.head(100)).inputs
             mlflow.log_input(dataset, context=context)
 
+    def log_report(self, report: Mapping, name: str) -> None:
+        """A stage's report: its numeric entries as metrics (nested keys dotted), all of it as
+        the JSON artifact `name`."""
+        if not self.active:
+            return
+        self.log_metrics({k: float(v) for k, v in flatten(report).items()
+                          if isinstance(v, int | float) and not isinstance(v, bool)})
+        self.log_dict(report, name)
+
     def log_dict(self, data: Mapping, name: str) -> None:
         if self.active:
             self.client.log_dict(self.run_id, dict(data), name)
@@ -324,6 +333,7 @@ class TrialRuns:
             self.client.get_run(self.parent).info.experiment_id if tracked.active else None
         )
         self.finished_ids: list[str] = []
+        self._outcomes: dict[str, tuple] = {}
 
     def _create(self, name: str, seed: int, start_ms: int | None = None) -> str:
         tags = {
@@ -344,17 +354,24 @@ class TrialRuns:
         self.client.set_tag(run_id, ERROR_TAG, message[:5000])
         self.client.set_terminated(run_id, "FAILED")
 
-    def finished(self, name: str, seed: int, params: Mapping, out: Mapping,
-                 target: float) -> None:
+    def finished(self, name: str, seed: int, params: Mapping, out: Mapping) -> None:
         """A complete FINISHED run for a trial that returned `out` (`clrpipe.parallel`'s task
-        result), with the epochs and seconds it took to reach the `target` accuracy."""
+        result)."""
         if self.client is None:
             return
         run_id = self._create(name, seed, out["start_ms"])
-        self.client.log_batch(run_id, metrics=_trial_metrics(out, target),
-                              params=_params(params))
+        self.client.log_batch(run_id, metrics=_trial_metrics(out), params=_params(params))
         self.client.set_terminated(run_id, "FINISHED", end_time=out["end_ms"])
         self.finished_ids.append(run_id)
+        self._outcomes[run_id] = (out["outcome"], out["end_ms"])
+
+    def log_targets(self, target: float) -> None:
+        """Add to every finished trial's run when its validation score reached `target`
+        (known only once every trial, the reference included, has ended)."""
+        for run_id, (outcome, end_ms) in self._outcomes.items():
+            metrics = [Metric(k, float(v), end_ms, 0)
+                       for k, v in _target_metrics(outcome, target).items()]
+            self.client.log_batch(run_id, metrics=metrics)
 
     def revoke(self, status: str, message: str) -> None:
         """The stage run did not finish: neither do the trials that had."""
@@ -379,25 +396,17 @@ def _params(values: Mapping) -> list[Param]:
     return [Param(k, str(v)) for k, v in flatten(values).items()]
 
 
-def _trial_metrics(out: Mapping, target: float) -> list[Metric]:
-    """Final metrics (with time to the target) and, for networks, every epoch and LR step."""
-    from clrpipe.compare import first_reach
-
+def _trial_metrics(out: Mapping) -> list[Metric]:
+    """Final metrics and, for networks, every epoch and LR step."""
     outcome, end_ms = out["outcome"], out["end_ms"]
-    epoch, seconds = first_reach(outcome.val_accuracy, outcome.epoch_seconds, target)
     final = {
-        "test_accuracy": outcome.test_accuracy,
+        f"test_{outcome.metric}": outcome.test_score,
         "test_loss": outcome.test_loss,
         "final_loss": outcome.final_loss,
         "train_seconds": sum(outcome.epoch_seconds),  # as in trials.csv and the summary
-        "reached_target": float(epoch is not None),
     }
-    if epoch is not None:
-        final["seconds_to_target"] = seconds
-        if outcome.epochs:
-            final["epochs_to_target"] = epoch
     if "history" not in out:  # gradient boosting
-        final |= {"val_accuracy": out["val_accuracy"], "iterations": out["iterations"]}
+        final |= {f"val_{outcome.metric}": out["val_score"], "iterations": out["iterations"]}
     metrics = [Metric(k, float(v), end_ms, 0) for k, v in final.items()]
     history = out.get("history")
     if history is not None:
@@ -408,3 +417,16 @@ def _trial_metrics(out: Mapping, target: float) -> list[Metric]:
         metrics += [Metric("learning_rate", float(v), end_ms, int(s))
                     for s, v in zip(history.lr_steps, history.lr_values, strict=True)]
     return metrics
+
+
+def _target_metrics(outcome, target: float) -> dict[str, float]:
+    """Whether and when a trial's validation score first reached `target`."""
+    from clrpipe.compare import first_reach
+
+    epoch, seconds = first_reach(outcome.val_score, outcome.epoch_seconds, target)
+    found = {"target": target, "reached_target": float(epoch is not None)}
+    if epoch is not None:
+        found["seconds_to_target"] = seconds
+        if outcome.epochs:
+            found["epochs_to_target"] = epoch
+    return found

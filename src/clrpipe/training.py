@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from clrpipe import keras_private
 from clrpipe.errors import ClrpipeError
+from clrpipe.tasks import CARDIO, OutputSpec, held_out_metrics
 
 __all__ = [
     "History", "OnEpoch", "compile_model", "epoch_orders", "evaluate", "fit", "limit_threads",
@@ -55,12 +56,14 @@ def limit_threads(threads: int) -> bool:
     return True
 
 
-def compile_model(model, optimizer, steps_per_execution: int = 1, jit_compile=False) -> None:
-    """Binary cross-entropy and accuracy, as in the article."""
+def compile_model(model, optimizer, steps_per_execution: int = 1, jit_compile=False,
+                  output: OutputSpec = CARDIO) -> None:
+    """The task's loss and score metric (binary cross-entropy and accuracy for cardio, as in
+    the article)."""
     model.compile(
         optimizer=optimizer,
-        loss="binary_crossentropy",
-        metrics=["accuracy"],
+        loss=output.loss,
+        metrics=output.keras_metrics(),
         steps_per_execution=steps_per_execution,
         jit_compile=jit_compile,
     )
@@ -172,7 +175,9 @@ def _stop_if_diverged(loss: float, optimizer) -> None:
         )
 
 
-def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Loss and accuracy on held-out data."""
-    loss, accuracy = model.evaluate(x, y, batch_size=4096, verbose=0)
-    return {"loss": float(loss), "accuracy": float(accuracy)}
+def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray,
+             output: OutputSpec = CARDIO) -> dict[str, float]:
+    """Loss, score and the task's test metrics on held-out data (`tasks.held_out_metrics`)."""
+    scores = model.evaluate(x, y, batch_size=4096, verbose=0, return_dict=True)
+    predicted = keras.ops.convert_to_numpy(model.predict(x, batch_size=4096, verbose=0))
+    return held_out_metrics(scores, y, predicted, output)

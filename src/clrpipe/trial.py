@@ -19,10 +19,11 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from clrpipe import config, data, legacy, schedules, training
+from clrpipe import config, legacy, schedules, training
 from clrpipe.errors import ClrpipeError, first_line
 from clrpipe.model import build_model
-from clrpipe.params import ModelParams, ScheduleParams, TrainCommon
+from clrpipe.params import CustomModel, ModelParams, ScheduleParams, TrainCommon
+from clrpipe.tasks import CARDIO, Dataset, OutputSpec
 
 __all__ = [
     "RANGE_TEST_METRICS",
@@ -31,29 +32,36 @@ __all__ = [
     "arrays",
     "load_split",
     "range_test_bounds",
-    "refuse_reshuffle_with_tfa",
+    "refuse_what_tfa_cannot",
     "split_arrays",
+    "stratify",
     "train_trial",
 ]
 
 RANGE_TEST_METRICS = Path("metrics/range_test.json")
 
 
-def load_split(split_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The train and test parts the `split` stage wrote."""
+def load_split(split_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, Dataset]:
+    """The train and test parts the `split` stage wrote, and what they hold."""
+    dataset = Dataset.read(split_dir)
     parts = []
     for name in ("train", "test"):
         path = split_dir / f"{name}.parquet"
         if not path.is_file():
             raise ClrpipeError(f"{path}: not found; run `clrpipe split` first")
         parts.append(pd.read_parquet(path))
-    return parts[0], parts[1]
+    return parts[0], parts[1], dataset
 
 
-def arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Features and target of a split part as float32 arrays."""
-    features = list(data.FEATURES)
-    return frame[features].to_numpy("float32"), frame[data.TARGET].to_numpy("float32")
+def arrays(frame: pd.DataFrame, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Features (float32) and target (float32; class indices for classification) of a part."""
+    return (frame[list(dataset.features)].to_numpy("float32"),
+            frame[dataset.target].to_numpy("float32"))
+
+
+def stratify(frame: pd.DataFrame, dataset: Dataset) -> pd.Series | None:
+    """The column a classification split is stratified by (None for regression)."""
+    return frame[dataset.target] if dataset.output.classification else None
 
 
 @dataclass(frozen=True)
@@ -66,25 +74,27 @@ class SplitArrays:
     y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    output: OutputSpec = CARDIO
 
     def head(self, rows: int) -> SplitArrays:
         """The first `rows` rows of every part (a throwaway warm-up trial)."""
-        return SplitArrays(*(part[:rows] for part in (self.x, self.y, self.x_val, self.y_val,
-                                                      self.x_test, self.y_test)))
+        parts = (self.x, self.y, self.x_val, self.y_val, self.x_test, self.y_test)
+        return SplitArrays(*(part[:rows] for part in parts), output=self.output)
 
 
 def split_arrays(
-    train_frame: pd.DataFrame, test_frame: pd.DataFrame, validation_fraction: float, seed: int
+    train_frame: pd.DataFrame, test_frame: pd.DataFrame, dataset: Dataset,
+    validation_fraction: float, seed: int,
 ) -> SplitArrays:
-    """Carve the stratified validation slice (`train.validation_fraction`, `train.seed`)."""
+    """Carve the validation slice (`train.validation_fraction`, `train.seed`; stratified for
+    classification)."""
     fit_frame, val_frame = train_test_split(
-        train_frame,
-        test_size=validation_fraction,
-        random_state=seed,
-        stratify=train_frame[data.TARGET],
+        train_frame, test_size=validation_fraction, random_state=seed,
+        stratify=stratify(train_frame, dataset),
     )
-    (x, y), (x_val, y_val), (x_test, y_test) = map(arrays, (fit_frame, val_frame, test_frame))
-    return SplitArrays(x, y, x_val, y_val, x_test, y_test)
+    parts = (arrays(frame, dataset) for frame in (fit_frame, val_frame, test_frame))
+    (x, y), (x_val, y_val), (x_test, y_test) = parts
+    return SplitArrays(x, y, x_val, y_val, x_test, y_test, dataset.output)
 
 
 def range_test_bounds(path: Path = RANGE_TEST_METRICS) -> tuple[float, float] | None:
@@ -111,11 +121,18 @@ class TrialResult:
     backend: dict[str, str | float] = field(default_factory=lambda: {"backend": "keras"})
 
 
-def refuse_reshuffle_with_tfa(train: TrainCommon, spec: ScheduleParams) -> None:
-    """tfa trains with Keras 2's own shuffle: a new order per epoch cannot be honoured there."""
-    if spec.backend == "tfa" and train.reshuffle:
+def refuse_what_tfa_cannot(train: TrainCommon, spec: ScheduleParams, model: ModelParams,
+                           output: OutputSpec) -> None:
+    """The tfa path trains the article's binary MLP with Keras 2's own shuffle: a new order per
+    epoch, a user's model or another task cannot be honoured there."""
+    if spec.backend != "tfa":
+        return
+    if train.reshuffle:
         raise ClrpipeError("train.reshuffle: true is not supported with schedule.backend: tfa "
                            "(tfa trains with Keras 2's own shuffle); set it to false")
+    if isinstance(model, CustomModel) or output.task != "binary":
+        raise ClrpipeError("schedule.backend: tfa trains only the built-in binary MLP (the "
+                           "article's); use backend keras")
 
 
 def train_trial(
@@ -134,13 +151,14 @@ def train_trial(
     filled from `bounds`), and evaluate it on the test set."""
     schedule = schedules.build_schedule(spec, len(split.x), batch_size, bounds=bounds,
                                         epochs=epochs)
-    model = build_model(model_params, split.x.shape[1], seed)
+    model = build_model(model_params, split.x.shape[1], seed, split.output)
     if spec.backend == "tfa":
-        refuse_reshuffle_with_tfa(train, spec)
+        refuse_what_tfa_cannot(train, spec, model_params, split.output)
         return _tfa_trial(model, schedule, model_params, train, epochs=epochs,
                           batch_size=batch_size, seed=seed, split=split, on_epoch=on_epoch)
     optimizer = schedules.build_sgd(schedule, spec, momentum=train.momentum)
-    training.compile_model(model, optimizer, train.steps_per_execution, train.jit_compile)
+    training.compile_model(model, optimizer, train.steps_per_execution, train.jit_compile,
+                           split.output)
     started = time.perf_counter()
     history = training.fit(
         model, split.x, split.y, epochs=epochs, batch_size=batch_size,
@@ -148,7 +166,7 @@ def train_trial(
         reshuffle_seed=seed if train.reshuffle else None,
     )
     seconds = time.perf_counter() - started
-    test = training.evaluate(model, split.x_test, split.y_test)
+    test = training.evaluate(model, split.x_test, split.y_test, split.output)
     return TrialResult(model, history, test, seconds)
 
 

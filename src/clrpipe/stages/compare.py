@@ -30,10 +30,15 @@ class _Split(Reads):
     dir: Path
 
 
+class _Target(Reads):
+    target_score: float | None = None
+
+
 class CompareReads(Reads):
     """What `compare` reads from params.yaml."""
 
     compare: CompareParams
+    data: _Target
     model: ModelParams
     train: TrainCommon
     split: _Split
@@ -52,6 +57,8 @@ def run(cfg: DictConfig) -> dict:
     split = split_arrays(*load_split(p.split.dir), p.train.validation_fraction, p.train.seed)
     methods = compare.plan(p.compare, range_test_bounds())
     hgb = p.compare.hgb if compare.uses_hgb(p.compare) else None
+    if hgb is None:
+        compare.target_score(p.data.target_score, [], 0.0)  # a null target needs the reference
     seeds = list(range(p.compare.first_seed, p.compare.first_seed + p.compare.seeds))
 
     started = time.perf_counter()
@@ -65,8 +72,7 @@ def run(cfg: DictConfig) -> dict:
                 if name != HGB:
                     lr_curves.setdefault(name, (out["history"].lr_steps,
                                                 out["history"].lr_values))
-                trials.finished(name, seed, _trial_params(name, seed, methods, hgb), out,
-                                p.compare.target_accuracy)
+                trials.finished(name, seed, _trial_params(name, seed, methods, hgb), out)
 
             try:
                 outcomes = parallel.run_trials(ray, methods, hgb, seeds, p.model, p.train,
@@ -75,13 +81,13 @@ def run(cfg: DictConfig) -> dict:
                 trials.failed(err.name, err.seed, _trial_params(err.name, err.seed, methods, hgb),
                               err.reason)
                 raise
-            summaries = compare.summarize(outcomes, p.compare.target_accuracy,
-                                          p.compare.confidence)
+            target = compare.target_score(p.data.target_score, outcomes, p.compare.target_margin)
+            trials.log_targets(target)
+            summaries = compare.summarize(outcomes, target, p.compare.confidence)
             report = compare.report(p.compare, methods, summaries, seeds,
-                                    time.perf_counter() - started)
+                                    time.perf_counter() - started, target)
             figures = plots.compare_figures(summaries, outcomes,
-                                            {n: lr_curves[n] for n in methods},
-                                            p.compare.target_accuracy)
+                                            {n: lr_curves[n] for n in methods}, target)
             _write_outputs(tracked, report, outcomes, figures)
     finally:
         ray.shutdown()
@@ -107,9 +113,9 @@ def _trial_params(name: str, seed: int, methods: dict, hgb) -> dict:
 def _write_outputs(tracked, report: dict, outcomes, figures) -> None:
     pngs = [Path("plots/compare") / f"{name}.png" for name in FIGURES]
     trials = pd.DataFrame(
-        {"method": o.method, "seed": o.seed, "test_accuracy": o.test_accuracy,
+        {"method": o.method, "seed": o.seed, f"test_{o.metric}": o.test_score,
          "test_loss": o.test_loss, "final_loss": o.final_loss,
-         "final_val_accuracy": o.val_accuracy[-1], "train_seconds": sum(o.epoch_seconds)}
+         f"final_val_{o.metric}": o.val_score[-1], "train_seconds": sum(o.epoch_seconds)}
         for o in outcomes
     )
     metrics = {k: v for k, v in report.items() if k != "table"}

@@ -1,7 +1,8 @@
-"""`fetch` stage: make sure the raw table is at `data.raw`, copying or downloading it if not.
+"""`fetch` stage: make sure the raw table is at `data.raw`.
 
-A local copy named by $CLRPIPE_CARDIO_CSV is used instead of Kaggle when set (offline
-machines, CI); it must have the same sha256 as a download.
+`data: cardio`: copied from $CLRPIPE_CARDIO_CSV when set (offline machines, CI) or downloaded
+from Kaggle, and checked against `data.sha256`. `data: table`: the user's file must be there;
+nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -13,21 +14,28 @@ import click
 from omegaconf import DictConfig
 
 from clrpipe import config, download
-from clrpipe.params import DataSource, Reads
+from clrpipe.errors import ClrpipeError
+from clrpipe.params import CardioData, DataParams, Reads
 
 
 class FetchReads(Reads):
     """What `fetch` reads from params.yaml."""
 
-    data: DataSource
+    data: DataParams
 
 
 STAGES = {"fetch": FetchReads}
 
 
 def run(cfg: DictConfig) -> Path:
-    """Fetch the raw table when it is missing; say whether a present one matches its sha256."""
+    """Fetch the cardio table when it is missing; say whether a present one matches."""
     source = config.reads(cfg, FetchReads).data
+    if not isinstance(source, CardioData):
+        download.refuse_folder(source.raw, "your_table.csv")
+        if not source.raw.is_file():
+            raise ClrpipeError(f"{source.raw}: not found; put your table there or set data.raw")
+        click.echo(f"fetch: {source.raw} present (data: table; nothing to download)")
+        return source.raw
     download.refuse_folder(source.raw, source.kaggle_file)
     if not source.raw.is_file():
         download.fetch_raw(source, download.local_or_kaggle())

@@ -1,29 +1,29 @@
-"""`prepare` stage: raw CSV -> validated, repaired features (parquet) + repair report (JSON)."""
+"""`prepare` stage: raw table -> validated, cleaned table (parquet) + report (JSON).
+
+`data: cardio`: the Kaggle table validated, repaired and featurized (`clrpipe.data`).
+`data: table`: a user's CSV/TSV/Parquet validated against a schema built from its columns,
+ids and ignored columns dropped, duplicates and rows without a target dropped, the task and
+column kinds inferred where not declared (`clrpipe.tables`); the schema travels in the parquet's
+metadata to `split`, which fits the encoding on the training part.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import click
 from omegaconf import DictConfig
 
-from clrpipe import config, data, download
+from clrpipe import config, data, download, tables, tracking
 from clrpipe.outputs import atomic_outputs
-from clrpipe.params import Limits, PrepareParams, Reads
-
-
-class _Data(Reads):
-    raw: Path
-    kaggle_file: str
-    limits: Limits
+from clrpipe.params import CardioData, DataParams, PrepareParams, Reads
 
 
 class PrepareReads(Reads):
     """What `prepare` reads from params.yaml."""
 
-    data: _Data
+    data: DataParams
     prepare: PrepareParams
 
 
@@ -31,16 +31,25 @@ STAGES = {"prepare": PrepareReads}
 
 
 def run(cfg: DictConfig) -> dict:
-    """Read the raw table, prepare it, and write the features and the report."""
+    """Read the raw table, prepare it, and write the cleaned table and the report."""
     p = config.reads(cfg, PrepareReads)
     source, params = p.data, p.prepare
-    raw = download.read_raw(source.raw, source.kaggle_file)
-    features, report, notes = data.prepare(raw, str(source.raw), source.limits)
+    name = source.kaggle_file if isinstance(source, CardioData) else source.raw.name
+    raw = download.read_raw(source.raw, name)
+    if isinstance(source, CardioData):
+        prepared, report, notes = data.prepare(raw, str(source.raw), source.limits)
+    else:
+        frame = tables.read_table(raw, str(source.raw), source.format)
+        prepared, schema, report, notes = tables.prepare_table(frame, source, str(source.raw))
+        prepared.attrs[tables.SCHEMA_KEY] = schema.to_dict()
+        report.setdefault("rows_dropped", report["rows_in"] - report["rows_out"])
     for note in notes:
         click.echo(f"note: {note}", err=True)
     report = {"source": str(source.raw), "sha256": hashlib.sha256(raw).hexdigest(), **report}
-    with atomic_outputs(params.output, params.report) as (tmp_output, tmp_report):
-        features.to_parquet(tmp_output, index=False)
+    with tracking.stage_run(cfg, "prepare") as tracked, \
+            atomic_outputs(params.output, params.report) as (tmp_output, tmp_report):
+        tracked.log_report(report, params.report.name)
+        prepared.to_parquet(tmp_output, index=False)
         tmp_report.write_text(json.dumps(report, indent=2) + "\n")
     click.echo(
         f"prepare: {report['rows_in']} rows in, {report['rows_out']} kept, "

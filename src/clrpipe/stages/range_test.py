@@ -22,14 +22,14 @@ import pandas as pd
 from omegaconf import DictConfig
 from sklearn.model_selection import train_test_split
 
-from clrpipe import config, data, plots, tracking, training
+from clrpipe import config, plots, tracking, training
 from clrpipe.errors import ClrpipeError
 from clrpipe.model import build_model
 from clrpipe.outputs import atomic_outputs
 from clrpipe.params import PARAMS_FILE, ModelParams, RangeTestParams, Reads
 from clrpipe.range_test import RangeTestResult
 from clrpipe.range_test_runner import run_range_test
-from clrpipe.trial import arrays, load_split
+from clrpipe.trial import arrays, load_split, stratify
 
 
 class _ClrBatch(Reads):
@@ -66,7 +66,7 @@ def run(cfg: DictConfig) -> dict:
     p = config.reads(cfg, RangeTestReads)
     rt = p.range_test
     batch_size = rt.batch_size or p.train.clr.batch_size
-    train_frame, _ = load_split(p.split.dir)
+    train_frame, _, dataset = load_split(p.split.dir)
     rows = len(train_frame)
     if batch_size > rows // 2:
         key = "range_test.batch_size" if rt.batch_size else "train.clr.batch_size"
@@ -81,15 +81,15 @@ def run(cfg: DictConfig) -> dict:
     if rt.validation_rows:
         sweep_frame, val_frame = train_test_split(
             train_frame, test_size=rt.validation_rows, random_state=p.train.seed,
-            stratify=train_frame[data.TARGET],
+            stratify=stratify(train_frame, dataset),
         )
-        x_val, y_val = arrays(val_frame)
-    x, y = arrays(sweep_frame)
+        x_val, y_val = arrays(val_frame, dataset)
+    x, y = arrays(sweep_frame, dataset)
 
     with tracking.stage_run(cfg, "range_test") as tracked:
-        model = build_model(p.model, x.shape[1], p.train.seed)
+        model = build_model(p.model, x.shape[1], p.train.seed, dataset.output)
         optimizer = keras.optimizers.SGD(learning_rate=rt.min_lr, momentum=p.train.momentum)
-        training.compile_model(model, optimizer)
+        training.compile_model(model, optimizer, output=dataset.output)
         started = time.perf_counter()
         result = run_range_test(model, x, y, rt, batch_size=batch_size, x_val=x_val, y_val=y_val)
         seconds = time.perf_counter() - started

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from clrpipe import config, data, legacy, plots, schedules, tracking
+from clrpipe import config, legacy, plots, schedules, tracking
 from clrpipe.errors import ClrpipeError
 from clrpipe.outputs import atomic_outputs
 from clrpipe.params import (
@@ -31,7 +31,7 @@ from clrpipe.params import (
 from clrpipe.trial import (
     load_split,
     range_test_bounds,
-    refuse_reshuffle_with_tfa,
+    refuse_what_tfa_cannot,
     split_arrays,
     train_trial,
 )
@@ -81,13 +81,14 @@ def run(cfg: DictConfig, variant: str) -> dict:
         spec = ConstantSchedule(learning_rate=run_params.learning_rate)
     else:
         spec = p.schedule
-    train_frame, test_frame = load_split(p.split.dir)
-    split = split_arrays(train_frame, test_frame, p.train.validation_fraction, p.train.seed)
+    train_frame, test_frame, dataset = load_split(p.split.dir)
+    split = split_arrays(train_frame, test_frame, dataset, p.train.validation_fraction,
+                         p.train.seed)
     bounds = range_test_bounds()
     # Checked before an MLflow run opens: the schedule's bounds, and the tfa environment.
     schedules.build_schedule(spec, len(split.x), run_params.batch_size, bounds=bounds,
                              epochs=run_params.epochs)
-    refuse_reshuffle_with_tfa(p.train, spec)
+    refuse_what_tfa_cannot(p.train, spec, p.model, dataset.output)
     if spec.backend == "tfa":
         legacy.legacy_dir(config.project_root())
 
@@ -98,12 +99,11 @@ def run(cfg: DictConfig, variant: str) -> dict:
         trial = train_trial(p.model, p.train, spec, epochs=run_params.epochs,
                             batch_size=run_params.batch_size, seed=p.train.seed, split=split,
                             bounds=bounds, on_epoch=on_epoch)
-        history = trial.history
+        history, score = trial.history, dataset.output.score
         metrics = {
-            "test_accuracy": trial.test["accuracy"],
-            "test_loss": trial.test["loss"],
-            "train_accuracy": history.epochs["accuracy"][-1],
-            "final_val_accuracy": history.epochs["val_accuracy"][-1],
+            **{f"test_{name}": value for name, value in trial.test.items()},
+            f"train_{score}": history.epochs[score][-1],
+            f"final_val_{score}": history.epochs[f"val_{score}"][-1],
             "epochs": run_params.epochs,
             "train_seconds": trial.seconds,
             "epoch_seconds_median": float(np.median(history.epoch_seconds)),
@@ -128,12 +128,12 @@ def run(cfg: DictConfig, variant: str) -> dict:
             pd.DataFrame({"step": history.lr_steps, "lr": history.lr_values}).to_csv(
                 tmp["lr"], index=False
             )
-            tracked.log_keras_model(trial.model, split.x[:5], list(data.FEATURES))
-            tracked.log_datasets({"training": train_frame, "testing": test_frame}, "cardio",
-                                 data.TARGET)
-            tracked.log_figures(plots.training_figures(history, stage), "plots")
+            tracked.log_keras_model(trial.model, split.x[:5], list(dataset.features))
+            tracked.log_datasets({"training": train_frame, "testing": test_frame}, "split",
+                                 dataset.target)
+            tracked.log_figures(plots.training_figures(history, stage, score), "plots")
     click.echo(
-        f"{stage}: test accuracy {metrics['test_accuracy']:.4f} after {run_params.epochs} "
+        f"{stage}: test {score} {metrics[f'test_{score}']:.4f} after {run_params.epochs} "
         f"epochs in {trial.seconds:.1f} s -> {outputs['model']}, {outputs['metrics']}"
     )
     return metrics
