@@ -48,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import socket
@@ -283,7 +284,7 @@ def _open_run(
     ClrpipeError line naming the store."""
     _check_server(uri)
     try:
-        with _store_lock(uri):
+        with _store_lock(uri), _quiet_logger("mlflow.store.db.utils"):
             client = MlflowClient(uri)
             if parent_id:
                 experiment_id = client.get_run(parent_id).info.experiment_id
@@ -307,6 +308,19 @@ def _open_run(
             raise ClrpipeError(_unreachable(uri, lost)) from err
         raise ClrpipeError(f"tracking store {uri}: {_reason(err)}") from err
     return client, parent_id, run_id
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Silence a logger that prints a store error with its traceback before raising it: at
+    stage start that error becomes the stage's one error line instead."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _quietly(call, *args) -> None:
@@ -474,7 +488,8 @@ def _reason(err: BaseException) -> str:
     """A short why for a store or connection failure."""
     text = " ".join(str(e) for e in _chain(err))
     retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
-    tries = f" after {retries} retries" if "Max retries exceeded" in text and retries else ""
+    retried = "API request to" in text and "Max retries exceeded" in text  # MLflow's client
+    tries = f" after {retries} retries" if retried and retries else ""
     if "Connection refused" in text:
         return f"connection refused{tries}"
     if "timed out" in text.lower() or "timeout" in text.lower():
