@@ -3,9 +3,9 @@ experiment (a DVC `--temp` copy included), a store created by parallel stages wi
 an unreachable or dying tracking server failing the stage fast in one line, runs left RUNNING by
 killed processes set FAILED, and store errors at stage start as one line.
 
-Most tests run a tiny tracked stage (STAGE below) in its own process through the real CLI error
-handling (`clrpipe.cli._run`): it opens a stage run, logs a metric per step, writes
-`out/result.txt` through `atomic_outputs` and logs it as an artifact.
+Most tests run a tiny tracked stage (STAGE below) in its own process, handling ClrpipeError as
+the `clrpipe` CLI does (`error: <message>`, exit 1): it opens a stage run, logs a metric per
+step, writes `out/result.txt` through `atomic_outputs` and logs it as an artifact.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
 
-from clrpipe import tracking
+from clrpipe import config, tracking
 from clrpipe.errors import ClrpipeError
 from tests.conftest import REPO
 
@@ -37,7 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from clrpipe import cli, tracking
+from clrpipe import config, tracking
+from clrpipe.errors import ClrpipeError
 from clrpipe.outputs import atomic_outputs
 
 
@@ -65,7 +65,11 @@ def stage(cfg):
                 run.log_artifact(artifact, "out")
 
 
-cli._run(stage, tuple(sys.argv[1:]))
+try:  # what the `clrpipe` CLI does with a stage's ClrpipeError
+    stage(config.load(sys.argv[1:]))
+except ClrpipeError as err:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(1)
 '''
 
 
@@ -114,7 +118,8 @@ def free_port() -> int:
 
 
 def tracking_cfg(uri: str, experiment: str = "clrpipe"):
-    return OmegaConf.create({"tracking": {"uri": uri, "experiment": experiment}})
+    """The scratch project's params.yaml (the working directory's) with these `tracking:`."""
+    return config.load([f"tracking.uri={uri}", f"tracking.experiment={experiment}"])
 
 
 # --- 1. artifacts land where the project says ----------------------------------------------
@@ -182,10 +187,10 @@ stages:
 
 
 @pytest.mark.slow
-def test_dvc_temp_experiment_writes_the_real_projects_store_and_artifacts(tmp_path):
-    """`dvc exp run --temp` runs the stage in `.dvc/tmp/exps/<copy>`, which DVC deletes; the
-    experiment created from there has its artifacts beside the project's store, and they are
-    still there afterwards."""
+def test_dvc_temp_and_queued_experiments_write_the_real_projects_store_and_artifacts(tmp_path):
+    """`dvc exp run --temp` and a queued experiment run the stage in `.dvc/tmp/exps/<copy>`,
+    which DVC deletes; an experiment created from there has its artifacts beside the project's
+    store, and they are still there afterwards."""
     root = tmp_path / "repo"
     root.mkdir()
     (root / "stage.py").write_text(STAGE)
@@ -224,6 +229,7 @@ def test_dvc_temp_experiment_writes_the_real_projects_store_and_artifacts(tmp_pa
     assert stage.info.status == "FINISHED"
     assert stage.data.tags["dvc.exp_name"] == "tmp-exp"
     ran_in = Path(stage.data.tags["test.cwd"])
+    print(f"\nstage ran in {ran_in}, DVC_ROOT={stage.data.tags['test.dvc_root']}")
     assert "/.dvc/tmp/exps/" in f"{ran_in}/", ran_in
     assert not ran_in.exists()  # DVC deleted its copy...
     artifact = Path(stage.info.artifact_uri) / "out" / "result.txt"
@@ -231,6 +237,29 @@ def test_dvc_temp_experiment_writes_the_real_projects_store_and_artifacts(tmp_pa
     assert artifact.read_text() == "done\n"  # ...and the artifact is still there
     assert list(root.rglob("mlflow.db")) == [root / "mlflow.db"]
     assert not (root / "mlruns").exists()
+
+    # A queued experiment (run by a DVC queue worker in its own copy) creating a new experiment.
+    run(BIN / "dvc", "exp", "run", "--queue", "-n", "queued-exp", "-S", "tracking.experiment=q")
+    run(BIN / "dvc", "queue", "start", "-j", "1")
+    deadline = time.monotonic() + 600
+    while True:
+        status = run(BIN / "dvc", "queue", "status").stdout
+        if "Worker status: 0 active, 0 idle" in status and "Queued" not in status and (
+            "Running" not in status
+        ):
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    assert "queued-exp" in status and "Success" in status, status
+    queued = client.get_experiment_by_name("q")
+    assert queued.artifact_location == str(root / "mlartifacts" / "q")
+    (stage,) = stage_runs(client, "q")
+    assert stage.info.status == "FINISHED" and stage.data.tags["dvc.exp_name"] == "queued-exp"
+    assert "/.dvc/tmp/exps/" in stage.data.tags["test.cwd"]
+    assert not Path(stage.data.tags["test.cwd"]).exists()
+    artifact = Path(stage.info.artifact_uri) / "out" / "result.txt"
+    assert artifact.is_relative_to(root / "mlartifacts" / "q") and artifact.is_file()
+    assert list(root.rglob("mlflow.db")) == [root / "mlflow.db"]
 
 
 # --- 2. store creation cannot race ---------------------------------------------------------
@@ -440,7 +469,8 @@ import resource
 import signal
 import sys
 
-from clrpipe import cli, config, tracking
+from clrpipe import config, tracking
+from clrpipe.errors import ClrpipeError
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes fail with EFBIG instead of killing us
 
@@ -451,7 +481,11 @@ def stage(cfg):
         pass
 
 
-cli._run(stage, tuple(sys.argv[1:]))
+try:
+    stage(config.load(sys.argv[1:]))
+except ClrpipeError as err:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(1)
 '''
 
 
