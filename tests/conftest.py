@@ -132,6 +132,10 @@ class KillableServer:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
 
+    def freeze(self) -> None:
+        """SIGSTOP the server's process group: connections are accepted, never answered."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
 
 @pytest.fixture
 def killable_mlflow_server(tmp_path_factory) -> KillableServer:

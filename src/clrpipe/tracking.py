@@ -256,14 +256,18 @@ def stage_run(cfg: DictConfig, stage: str) -> Iterator[StageRun]:
                     client.set_terminated(parent_id, "FINISHED")
         except BaseException as err:
             interrupted = isinstance(err, KeyboardInterrupt)
-            lost = _server_lost(uri)
-            with uninterruptible(), _fail_fast(lost is not None):
-                status = "KILLED" if interrupted else "FAILED"
-                _quietly(tracked.flush)
-                _quietly(client.set_tag, run_id, ERROR_TAG,
-                         "interrupted" if interrupted else _first_line(err)[:5000])
-                _quietly(mlflow.end_run, status)  # pops the fluent run even if the write fails
-                _quietly(client.set_terminated, parent_id, status)
+            lost = _server_lost(uri, timeout=(2.0, 2.0))  # it had its retries already
+            status = "KILLED" if interrupted else "FAILED"
+            with uninterruptible():
+                if lost is None:
+                    _quietly(tracked.flush)
+                    _quietly(client.set_tag, run_id, ERROR_TAG,
+                             "interrupted" if interrupted else _first_line(err)[:5000])
+                    _quietly(mlflow.end_run, status)
+                    _quietly(client.set_terminated, parent_id, status)
+                else:  # no more waiting on the server: only drop MLflow's active run, which
+                    with _fail_fast():  # end_run pops before its one quick, failing request
+                        _quietly(mlflow.end_run, status)
             if interrupted or isinstance(err, ClrpipeError):
                 raise
             if lost is not None:
@@ -431,7 +435,7 @@ def _check_server(uri: str) -> None:
         raise ClrpipeError(_unreachable(uri, lost))
 
 
-def _server_lost(uri: str) -> str | None:
+def _server_lost(uri: str, timeout: tuple[float, float] = PROBE_TIMEOUT) -> str | None:
     """For a tracking server that cannot be reached, why (one try, a few seconds); else None.
     Any HTTP answer, even an error status, means it is there."""
     if not _is_http(uri):
@@ -439,7 +443,7 @@ def _server_lost(uri: str) -> str | None:
     import requests
 
     try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT).close()
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout).close()
     except requests.RequestException as err:
         return _reason(err)
     return None
@@ -457,12 +461,10 @@ def _unreachable(uri: str, why: str) -> str:
 
 
 @contextlib.contextmanager
-def _fail_fast(enabled: bool) -> Iterator[None]:
-    """While cleaning up after a lost server: one attempt per call, 3 s timeout."""
-    if not enabled:
-        yield
-        return
-    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
+def _fail_fast() -> Iterator[None]:
+    """MLflow HTTP calls with one attempt and a 1 s timeout (after the server was lost; else
+    its atexit hook would end the active run with the full retries on the way out)."""
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "1"}
     before = {name: os.environ.get(name) for name in quick}
     os.environ.update(quick)
     try:
