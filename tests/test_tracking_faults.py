@@ -346,8 +346,8 @@ def test_server_lost_mid_run_fails_the_stage_in_bounded_time_and_writes_nothing(
             time.sleep(0.1)
         time.sleep(1.0)  # a few more steps logged
         run_id = ready.read_text()
-        getattr(server, fault)()
         killed = time.monotonic()
+        getattr(server, fault)()
         _, stderr = process.communicate(timeout=300)
         elapsed = time.monotonic() - killed
     finally:
