@@ -320,6 +320,25 @@ def test_no_server_listening_fails_the_stage_at_once_in_one_line(tiny):
     assert not (tiny / "out").exists() and not (tiny / "mlflow.db").exists()
 
 
+def test_a_server_that_never_answers_is_reported_within_10s(tiny):
+    """A socket that accepts connections (the kernel's backlog) but never answers."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        uri = f"http://127.0.0.1:{port}"
+        t0 = tiny / "t0"
+        process = start_stage(tiny, f"tracking.uri={uri}", STAGE_T0=str(t0))
+        _, stderr = process.communicate(timeout=120)
+        reported = time.time() - float(t0.read_text())
+    print(f"\nsilent server reported {reported:.2f} s after stage start")
+    assert process.returncode == 1, stderr
+    (line,) = error_lines(stderr)
+    assert line.startswith(f"error: tracking server {uri} is not reachable (no answer within 5 s)")
+    assert f"--port {port}`" in line
+    assert reported < 10, reported
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("fault", "reason", "bound"),

@@ -33,9 +33,10 @@ instead of many (MLflow's own are 7 retries, backoff factor 2 and a 120 s timeou
     MLFLOW_HTTP_REQUEST_BACKOFF_JITTER=1    up to 1 s added to each backoff
     MLFLOW_HTTP_REQUEST_TIMEOUT=10          seconds per attempt (connect, or between bytes read)
 
-With those, a refused connection fails a call after about 30 s, a server that accepts but never
-answers after at most about 80 s. The stage then ends with one `ClrpipeError` line naming the
-server; the run it could not close stays RUNNING on the server until the next stage cleans up.
+With those, a stage whose server is killed (connections refused) fails about 30 s later, one
+whose server hangs (connections accepted, never answered) about 85 s later, with one
+`ClrpipeError` line naming the server and no further waiting on it; the run it could not close
+stays RUNNING on the server until the next stage on this host marks it abandoned (below).
 
 A stage that raises ends its run FAILED (KILLED on Ctrl-C or SIGTERM) with the error as a tag.
 A stage killed outright (SIGKILL, OOM, a lost machine) cannot: every stage run is tagged with
@@ -445,7 +446,7 @@ def _server_lost(uri: str, timeout: tuple[float, float] = PROBE_TIMEOUT) -> str 
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=timeout).close()
     except requests.RequestException as err:
-        return _reason(err)
+        return _reason(err, seconds=max(timeout))
     return None
 
 
@@ -486,8 +487,9 @@ def _is_store_error(err: BaseException) -> bool:
     )
 
 
-def _reason(err: BaseException) -> str:
-    """A short why for a store or connection failure."""
+def _reason(err: BaseException, seconds: float | None = None) -> str:
+    """A short why for a store or connection failure (`seconds`: the timeout that applied,
+    else MLflow's per-request one)."""
     text = " ".join(str(e) for e in _chain(err))
     retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
     retried = "API request to" in text and "Max retries exceeded" in text  # MLflow's client
@@ -495,7 +497,8 @@ def _reason(err: BaseException) -> str:
     if "Connection refused" in text:
         return f"connection refused{tries}"
     if "timed out" in text.lower() or "timeout" in text.lower():
-        return f"no answer within {os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '?')} s{tries}"
+        waited = f"{seconds:g}" if seconds else os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "?")
+        return f"no answer within {waited} s{tries}"
     if "Name or service not known" in text or "nodename nor servname" in text:
         return "unknown host"
     line = _first_line(err)
