@@ -272,8 +272,9 @@ def stage_run(cfg: DictConfig, stage: str) -> Iterator[StageRun]:
             if interrupted or isinstance(err, ClrpipeError):
                 raise
             if lost is not None:
+                why = _reason(err) if _is_store_error(err) else lost  # the call's, not the probe's
                 raise ClrpipeError(
-                    f"tracking server {uri} stopped answering during stage '{stage}' ({lost}); "
+                    f"tracking server {uri} stopped answering during stage '{stage}' ({why}); "
                     f"its run {run_id} stays RUNNING there until the next stage on this host "
                     "marks it abandoned"
                 ) from err
