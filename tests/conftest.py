@@ -112,3 +112,58 @@ def _healthy(url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+class KillableServer:
+    """A running `mlflow server` that a test may kill (see `killable_mlflow_server`)."""
+
+    def __init__(self, url: str, root: Path, process: subprocess.Popen):
+        self.url, self.root, self.process = url, root, process
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def kill(self) -> None:
+        """SIGKILL the server's whole process group (gunicorn/uvicorn workers included)."""
+        import contextlib
+
+        with contextlib.suppress(ProcessLookupError):  # the group may be gone already
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def freeze(self) -> None:
+        """SIGSTOP the server's process group: connections are accepted, never answered."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+
+@pytest.fixture
+def killable_mlflow_server(tmp_path_factory) -> KillableServer:
+    """Like `mlflow_server`, but one per test and its own to kill (`.kill()`): the SQLite
+    backend stays in `.root / "mlflow.db"` after the server is gone."""
+    root = tmp_path_factory.mktemp("killable_server")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    log = (root / "server.log").open("w")
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("mlflow")), "server",
+            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination", str(root / "artifacts"),
+            "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1], "--workers", "1",
+        ],
+        cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+    handle = KillableServer(url, root, server)
+    try:
+        deadline = time.monotonic() + 300
+        while not _healthy(url):
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()}")
+            time.sleep(0.5)
+        yield handle
+    finally:
+        handle.kill()
+        log.close()

@@ -26,10 +26,11 @@ from clrpipe import params
 from clrpipe.errors import ClrpipeError, first_line
 from clrpipe.params import PARAMS_FILE, Params
 
-__all__ = ["CONF_DIR", "PARAMS_FILE", "compose", "flatten", "load", "project_root", "reads",
-           "section", "validated"]
+__all__ = ["CONF_DIR", "EXPERIMENT_COPIES", "PARAMS_FILE", "compose", "flatten", "load",
+           "project_root", "reads", "real_path", "section", "validated"]
 
 CONF_DIR = Path("conf")
+EXPERIMENT_COPIES = "/.dvc/tmp/exps/"  # where DVC runs --temp and queued experiments
 
 
 def load(
@@ -96,8 +97,21 @@ def flatten(mapping: Mapping, prefix: str = "") -> dict[str, Any]:
 
 
 def project_root() -> Path:
-    """$DVC_ROOT when DVC runs the stage, else the working directory."""
-    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+    """$DVC_ROOT when DVC runs the stage, else the working directory; inside a DVC experiment
+    copy (`<project>/.dvc/tmp/exps/<copy>`), the real project instead."""
+    return real_path(Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve())
+
+
+def real_path(path: Path) -> Path:
+    """`path` with a DVC experiment copy replaced by the project it was copied from:
+    `<project>/.dvc/tmp/exps/<copy>/a/b` -> `<project>/a/b`."""
+    text = str(path)
+    at = (text + "/").find(EXPERIMENT_COPIES)
+    if at < 0:
+        return path
+    project = Path(text[:at] or "/")
+    inside = Path(text[at + len(EXPERIMENT_COPIES):]).parts[1:]  # drop the copy's folder name
+    return project.joinpath(*inside)
 
 
 def _container(cfg: DictConfig) -> dict:

@@ -10,31 +10,68 @@ Where runs go: $MLFLOW_TRACKING_URI, when set, overrides `tracking.uri`. `mlflow
 Kubernetes backend) sets it to the store holding the run it started, so the stage's child run
 lands next to its parent; that parent's experiment wins over `tracking.experiment`.
 
+The project root is $DVC_ROOT (else the working directory), except that a path inside a DVC
+experiment copy (`<project>/.dvc/tmp/exps/<copy>/...`, where `--temp` and queued experiments
+run and which DVC deletes afterwards) stands for the same path in the real project. A relative
+`sqlite:///mlflow.db` is made absolute against that root, so every process (the workspace, a
+queued or `--temp` experiment, another checkout given the same absolute URI) writes one store.
+
+Where artifacts go: an experiment created in a SQLite store gets the absolute artifact location
+`<folder of the .db>/mlartifacts/<experiment>` (MLflow's default, `./mlruns` of whichever
+process creates it, would point into a DVC copy that is deleted). A tracking server chooses its
+own (`--artifacts-destination`). Creating the SQLite store, its tables and the experiment is done
+under an fcntl lock on `<store>.db.lock` beside the db, so parallel stages cannot race.
+
+A tracking server is checked at stage start (GET /health, one try): an unreachable one fails the
+stage at once with a `ClrpipeError` saying how to start one. During a run MLflow's HTTP client
+retries each call; `stage_run` sets these defaults (with `os.environ.setdefault`, so a value the
+user exported wins) so that a server that dies fails the stage in well under two minutes
+instead of many (MLflow's own are 7 retries, backoff factor 2 and a 120 s timeout):
+
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES=4       retries per call (urllib3 backoff 0, 4, 8, 16 s)
+    MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=2
+    MLFLOW_HTTP_REQUEST_BACKOFF_JITTER=1    up to 1 s added to each backoff
+    MLFLOW_HTTP_REQUEST_TIMEOUT=10          seconds per attempt (connect, or between bytes read)
+
+With those, a stage whose server is killed (connections refused) fails about 30 s later, one
+whose server hangs (connections accepted, never answered) about 85 s later, with one
+`ClrpipeError` line naming the server and no further waiting on it; the run it could not close
+stays RUNNING on the server until the next stage on this host marks it abandoned (below).
+
 A stage that raises ends its run FAILED (KILLED on Ctrl-C or SIGTERM) with the error as a tag.
+A stage killed outright (SIGKILL, OOM, a lost machine) cannot: every stage run is tagged with
+the host, pid and process start time of its process, and a stage opening a run first sets FAILED
+(tag `clrpipe.error` = ABANDONED) the experiment's RUNNING stage runs whose process is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
+import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import mlflow
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig, OmegaConf
 
-from clrpipe.config import PARAMS_FILE, flatten
-from clrpipe.errors import first_line
+from clrpipe.config import PARAMS_FILE, flatten, project_root, real_path
+from clrpipe.errors import ClrpipeError, first_line
 from clrpipe.outputs import uninterruptible
 from clrpipe.params import TrackingParams
 
@@ -45,11 +82,21 @@ PIPELINE_TAG = "clrpipe.pipeline"
 BUFFER_SECONDS = 5.0  # buffered metrics reach the store at most this often (see StageRun)
 STAGE_TAG = "clrpipe.stage"
 ERROR_TAG = "clrpipe.error"
-
-
-def project_root() -> Path:
-    """$DVC_ROOT when DVC runs the stage, else the working directory."""
-    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+HOST_TAG = "clrpipe.host"
+PID_TAG = "clrpipe.pid"
+PROCESS_START_TAG = "clrpipe.process_start"  # /proc/<pid>/stat start time: tells pid reuse
+PID_NAMESPACE_TAG = "clrpipe.pid_namespace"  # boot id + pid namespace the pid belongs to
+STARTED_TAG = "clrpipe.started"
+ABANDONED = "abandoned: process ended without closing the run"
+ARTIFACTS_FOLDER = "mlartifacts"
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+PROBE_TIMEOUT = (3.0, 5.0)  # connect, read: the one /health request at stage start
+LOCK_TIMEOUT = 120.0  # seconds to wait for another process creating the store
 
 
 def store_uri(configured: str, environ: Mapping[str, str] = os.environ) -> str:
@@ -58,15 +105,23 @@ def store_uri(configured: str, environ: Mapping[str, str] = os.environ) -> str:
 
 
 def resolve_uri(uri: str) -> str:
-    """Make a relative `sqlite:///file.db` absolute against the project root."""
+    """Make a relative `sqlite:///file.db` absolute against the project root, and one inside a
+    DVC experiment copy point into the real project."""
     prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(project_root() / uri[len(prefix):])
-    return uri
+    if not uri.startswith(prefix):
+        return uri
+    path = uri[len(prefix):]
+    if not path.startswith("/"):
+        return prefix + str(project_root() / path)
+    return prefix + str(real_path(Path(path)))
 
 
 def git_commit() -> str:
-    """HEAD's commit, or "unknown" outside a git checkout or without git (as in the image)."""
+    """The commit the code came from: a DVC experiment's baseline ($DVC_EXP_BASELINE_REV: a
+    queued one runs after HEAD may have moved), else HEAD; "unknown" outside a git checkout
+    or without git (as in the image)."""
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        return os.environ["DVC_EXP_BASELINE_REV"]
     try:
         done = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=project_root()
@@ -105,9 +160,12 @@ class StageRun:
             self.flush()
 
     def flush(self) -> None:
+        """Write the buffered metrics (`MlflowClient.log_batch` splits them into MLflow's
+        1000-metric requests itself)."""
         if not self.active:
             return
-        self.client.log_batch(self.run_id, metrics=self._buffer)  # MLflow splits long lists
+        if self._buffer:
+            self.client.log_batch(self.run_id, metrics=self._buffer)
         self._buffer = []
         self._sent = time.monotonic()
 
@@ -214,57 +272,103 @@ def stage_run(cfg: DictConfig, stage: str) -> Iterator[StageRun]:
     if not params.enabled:
         yield StageRun(None, None)
         return
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     with _environment_kept("MLFLOW_TRACKING_URI"):  # set_tracking_uri exports it
         uri = store_uri(params.uri)
-        mlflow.set_tracking_uri(uri)
-        client = MlflowClient(uri)
         parent_id = os.environ.pop("MLFLOW_RUN_ID", None)
         launched = parent_id is not None  # by `mlflow run`, which sets its own run's status
-        if parent_id:
-            experiment_id = client.get_run(parent_id).info.experiment_id
-        else:
-            experiment_id = _experiment_id(client, params.experiment)
-            parent_id = _pipeline_parent(client, experiment_id)
-        tags = {
-            MLFLOW_PARENT_RUN_ID: parent_id,
-            MLFLOW_RUN_NAME: stage,
-            STAGE_TAG: stage,
-            "mlflow.source.git.commit": git_commit(),
-            "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
-        }
-        run_id = client.create_run(experiment_id, tags=tags).info.run_id
-        mlflow.start_run(run_id=run_id)
+        client, parent_id, run_id = _open_run(uri, params.experiment, stage, parent_id)
         tracked = StageRun(client, run_id)
         try:
+            mlflow.set_tracking_uri(uri)
+            mlflow.start_run(run_id=run_id)
             flat = flatten(OmegaConf.to_container(cfg, resolve=True))
             client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in flat.items()])
             yield tracked
             tracked.flush()
-        except KeyboardInterrupt:
             with uninterruptible():
-                _flush_quietly(tracked)
-                client.set_tag(run_id, ERROR_TAG, "interrupted")
-                mlflow.end_run("KILLED")
-                client.set_terminated(parent_id, "KILLED")
-            raise
+                mlflow.end_run("FINISHED")
+                if not launched:  # a shared pipeline parent an earlier failure left FAILED/KILLED
+                    client.set_terminated(parent_id, "FINISHED")
         except BaseException as err:
-            message = first_line(err)
+            interrupted = isinstance(err, KeyboardInterrupt)
+            lost = _server_lost(uri, timeout=(2.0, 2.0))  # it had its retries already
+            status = "KILLED" if interrupted else "FAILED"
             with uninterruptible():
-                _flush_quietly(tracked)
-                client.set_tag(run_id, ERROR_TAG, message[:5000])
-                mlflow.end_run("FAILED")
-                client.set_terminated(parent_id, "FAILED")
+                if lost is None:
+                    _quietly(tracked.flush)
+                    _quietly(client.set_tag, run_id, ERROR_TAG,
+                             "interrupted" if interrupted else first_line(err)[:5000])
+                    _quietly(mlflow.end_run, status)
+                    _quietly(client.set_terminated, parent_id, status)
+                else:  # no more waiting on the server: only drop MLflow's active run, which
+                    with _fail_fast():  # end_run pops before its one quick, failing request
+                        _quietly(mlflow.end_run, status)
+            if interrupted or isinstance(err, ClrpipeError):
+                raise
+            if lost is not None:
+                why = _reason(err) if _is_store_error(err) else lost  # the call's, not the probe's
+                raise ClrpipeError(
+                    f"tracking server {uri} stopped answering during stage '{stage}' ({why}); "
+                    f"its run {run_id} stays RUNNING there until the next stage on this host "
+                    "marks it abandoned"
+                ) from err
+            if _is_store_error(err):
+                raise ClrpipeError(f"tracking store {uri}: {_reason(err)}") from err
             raise
-        with uninterruptible():
-            mlflow.end_run("FINISHED")
-            if not launched:  # a shared pipeline parent an earlier failure left FAILED/KILLED
-                client.set_terminated(parent_id, "FINISHED")
 
 
-def _flush_quietly(tracked: StageRun) -> None:
-    """Finish queued writes before a failed run is ended, without masking the failure."""
+def _open_run(
+    uri: str, experiment: str, stage: str, parent_id: str | None
+) -> tuple[MlflowClient, str, str]:
+    """Client, parent run id and the new stage run's id; any store failure is one
+    ClrpipeError line naming the store."""
+    _check_server(uri)
+    try:
+        with _store_lock(uri), _quiet_logger("mlflow.store.db.utils"):
+            client = MlflowClient(uri)
+            if parent_id:
+                experiment_id = client.get_run(parent_id).info.experiment_id
+            else:
+                experiment_id = _experiment_id(client, experiment, uri)
+                parent_id = _pipeline_parent(client, experiment_id)
+            _close_abandoned(client, experiment_id)
+            tags = {
+                MLFLOW_PARENT_RUN_ID: parent_id,
+                MLFLOW_RUN_NAME: stage,
+                STAGE_TAG: stage,
+                "mlflow.source.git.commit": git_commit(),
+                "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
+                **_process_tags(),
+            }
+            run_id = client.create_run(experiment_id, tags=tags).info.run_id
+    except ClrpipeError:
+        raise
+    except Exception as err:
+        if (lost := _server_lost(uri)) is not None:
+            raise ClrpipeError(_unreachable(uri, lost)) from err
+        raise ClrpipeError(f"tracking store {uri}: {_reason(err)}") from err
+    return client, parent_id, run_id
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Silence a logger that prints a store error with its traceback before raising it: at
+    stage start that error becomes the stage's one error line instead."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _quietly(call, *args) -> None:
+    """A write on the way out of a failed stage: it must not mask the failure."""
     with contextlib.suppress(Exception):
-        tracked.flush()
+        call(*args)
 
 
 @contextlib.contextmanager
@@ -281,14 +385,173 @@ def _environment_kept(name: str) -> Iterator[None]:
             os.environ[name] = before
 
 
-def _experiment_id(client: MlflowClient, name: str) -> str:
+# --- the store: SQLite file + lock, or a tracking server ----------------------------------
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of an absolute `sqlite:////path.db` URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = unquote(uri[len("sqlite:///"):].split("?", 1)[0])
+    return Path(path) if path.startswith("/") else None
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Where a new experiment's artifacts go: beside a SQLite store, else the server's choice."""
+    db = _sqlite_file(uri)
+    if db is None:
+        return None
+    return str(db.parent / ARTIFACTS_FOLDER / re.sub(r"[^\w.-]+", "_", experiment))
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """For a SQLite store, hold an exclusive fcntl lock on `<db>.lock` (creating the store's
+    tables and its Default experiment on first use while holding it)."""
+    db = _sqlite_file(uri)
+    if db is None:
+        yield
+        return
+    if not db.parent.is_dir():
+        raise ClrpipeError(f"tracking store {uri}: folder {db.parent} does not exist")
+    lock = db.with_name(db.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise ClrpipeError(f"tracking store {uri}: cannot create {lock}: {err.strerror}") from err
+    try:
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ClrpipeError(
+                        f"tracking store {uri}: {lock} still locked by another process after "
+                        f"{LOCK_TIMEOUT:.0f} s"
+                    ) from None
+                time.sleep(0.05)
+        if not db.is_file() or db.stat().st_size == 0:
+            _create_store(uri, db)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _create_store(uri: str, db: Path) -> None:
+    """Tables and the Default experiment, with artifacts beside the db (MLflow would put the
+    Default experiment's under the creating process's ./mlruns)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore(uri, str(db.parent / ARTIFACTS_FOLDER))
+    store.engine.dispose()
+
+
+def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return client.create_experiment(name)
-    except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel stage
-        return client.get_experiment_by_name(name).experiment_id
+        return client.create_experiment(name, artifact_location=artifact_location(uri, name))
+    except MlflowException as err:  # created meanwhile by another process (server stores)
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise ClrpipeError(
+                f"tracking store {uri}: cannot create experiment '{name}': {_reason(err)}"
+            ) from err
+        return experiment.experiment_id
+
+
+def _is_http(uri: str) -> bool:
+    return urlsplit(uri).scheme in ("http", "https")
+
+
+def _check_server(uri: str) -> None:
+    """A tracking server that does not answer fails the stage now, in one line."""
+    if _is_http(uri) and (lost := _server_lost(uri)) is not None:
+        raise ClrpipeError(_unreachable(uri, lost))
+
+
+def _server_lost(uri: str, timeout: tuple[float, float] = PROBE_TIMEOUT) -> str | None:
+    """For a tracking server that cannot be reached, why (one try, a few seconds); else None.
+    Any HTTP answer, even an error status, means it is there."""
+    if not _is_http(uri):
+        return None
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except requests.RequestException as err:
+        return _reason(err, seconds=max(timeout))
+    return None
+
+
+def _unreachable(uri: str, why: str) -> str:
+    parts = urlsplit(uri)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    db = project_root() / "mlflow.db"
+    return (
+        f"tracking server {uri} is not reachable ({why}); start one with `mlflow server "
+        f"--backend-store-uri sqlite:///{db} --host {parts.hostname} --port {port}`, or set "
+        "tracking.uri (or $MLFLOW_TRACKING_URI) to sqlite:///mlflow.db"
+    )
+
+
+@contextlib.contextmanager
+def _fail_fast() -> Iterator[None]:
+    """MLflow HTTP calls with one attempt and a 1 s timeout (after the server was lost; else
+    its atexit hook would end the active run with the full retries on the way out)."""
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "1"}
+    before = {name: os.environ.get(name) for name in quick}
+    os.environ.update(quick)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _is_store_error(err: BaseException) -> bool:
+    import requests
+    import sqlalchemy
+
+    return isinstance(
+        err, MlflowException | requests.RequestException | sqlalchemy.exc.SQLAlchemyError
+    )
+
+
+def _reason(err: BaseException, seconds: float | None = None) -> str:
+    """A short why for a store or connection failure (`seconds`: the timeout that applied,
+    else MLflow's per-request one)."""
+    text = " ".join(str(e) for e in _chain(err))
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    retried = "API request to" in text and "Max retries exceeded" in text  # MLflow's client
+    tries = f" after {retries} retries" if retried and retries else ""
+    if "Connection refused" in text:
+        return f"connection refused{tries}"
+    if "timed out" in text.lower() or "timeout" in text.lower():
+        waited = f"{seconds:g}" if seconds else os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "?")
+        return f"no answer within {waited} s{tries}"
+    if "Name or service not known" in text or "nodename nor servname" in text:
+        return "unknown host"
+    line = first_line(err)
+    line = re.sub(r"^\((\w+\.)*\w+\)\s*", "", line)  # "(sqlite3.OperationalError) ..."
+    return line.split(" [SQL:", 1)[0][:300]
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while err is not None and err not in seen:
+        seen.append(err)
+        err = err.__cause__ or err.__context__
+    return seen
+
+
+# --- the parent run ------------------------------------------------------------------------
 
 
 def _pipeline_parent(client: MlflowClient, experiment_id: str) -> str:
@@ -374,10 +637,15 @@ class TrialRuns:
             self.client.log_batch(run_id, metrics=metrics)
 
     def revoke(self, status: str, message: str) -> None:
-        """The stage run did not finish: neither do the trials that had."""
+        """The stage run did not finish: neither do the trials that had. The first write that
+        fails stops it (a lost server would otherwise cost its retries per trial); the next
+        stage's abandoned-run sweep does not reach trial runs, so the error says so."""
         for run_id in self.finished_ids:
-            self.client.set_tag(run_id, ERROR_TAG, message[:5000])
-            self.client.set_terminated(run_id, status)
+            try:
+                self.client.set_tag(run_id, ERROR_TAG, message[:5000])
+                self.client.set_terminated(run_id, status)
+            except Exception:  # the stage's own failure is what the user must see
+                return
 
     @contextlib.contextmanager
     def revoked_on_failure(self) -> Iterator[TrialRuns]:
@@ -430,3 +698,87 @@ def _target_metrics(outcome, target: float) -> dict[str, float]:
         if outcome.epochs:
             found["epochs_to_target"] = epoch
     return found
+# --- who runs a stage, and runs whose process is gone ---------------------------------------
+
+
+def _process_tags(pid: int | None = None) -> dict[str, str]:
+    pid = os.getpid() if pid is None else pid
+    return {
+        HOST_TAG: socket.gethostname(),
+        PID_TAG: str(pid),
+        PROCESS_START_TAG: _process_start(pid) or "",
+        PID_NAMESPACE_TAG: _pid_namespace(),
+        STARTED_TAG: datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/<pid>/stat (after the command name), or None."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2:].split()
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks after boot (field 22), or None."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
+
+
+def _pid_namespace() -> str:
+    """`<boot id>/<pid namespace>`: pids compare only within one boot and one namespace."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
+
+
+def _process_gone(tags: Mapping[str, str]) -> bool:
+    """Whether the process recorded in a run's tags has certainly ended."""
+    if tags.get(HOST_TAG) != socket.gethostname():
+        return False
+    try:
+        pid = int(tags.get(PID_TAG, ""))
+    except ValueError:
+        return False
+    then, here = tags.get(PID_NAMESPACE_TAG, ""), _pid_namespace()
+    if then and here and then != here:
+        return then.split("/")[0] != here.split("/")[0]  # rebooted since; else can't tell
+    if Path("/proc/self/stat").is_file():
+        fields = _proc_stat(pid)
+        if fields is None or fields[0] in ("Z", "X"):  # no such process, or ended unreaped
+            return True
+        recorded = tags.get(PROCESS_START_TAG)
+        return bool(recorded) and recorded != _process_start(pid)  # the pid was reused
+    try:  # no /proc: the pid alone
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _close_abandoned(client: MlflowClient, experiment_id: str) -> None:
+    """Set FAILED (tagged ABANDONED) this host's RUNNING stage runs whose process is gone."""
+    query = f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{socket.gethostname()}'"
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], filter_string=query, max_results=500, page_token=token
+        )
+        for run in page:
+            if STAGE_TAG in run.data.tags and _process_gone(run.data.tags):
+                client.set_tag(run.info.run_id, ERROR_TAG, ABANDONED)
+                client.set_terminated(run.info.run_id, "FAILED")
+                parent = run.data.tags.get(MLFLOW_PARENT_RUN_ID)
+                if parent:
+                    with contextlib.suppress(MlflowException):
+                        if PIPELINE_TAG in client.get_run(parent).data.tags:
+                            client.set_terminated(parent, "FAILED")
+        token = page.token
+        if not token:
+            return
