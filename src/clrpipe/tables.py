@@ -259,8 +259,7 @@ def _read_text(raw: bytes, source: str, kind: str) -> pd.DataFrame:
         raise ClrpipeError(f"{source}: column '{repeated[0]}' appears more than once")
     try:
         frame = pd.read_csv(
-            io.StringIO(text), sep=separator, skipinitialspace=True, low_memory=False,
-            index_col=False,
+            io.StringIO(text), sep=separator, skipinitialspace=True, low_memory=False
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
         raise ClrpipeError(
@@ -268,6 +267,11 @@ def _read_text(raw: bytes, source: str, kind: str) -> pd.DataFrame:
             "expected a header line and rows of as many fields (set data.format if the file "
             "is another kind)"
         ) from None
+    if not frame.index.equals(pd.RangeIndex(len(frame))):  # pandas took fields as an index
+        raise ClrpipeError(
+            f"{source}: the data rows have more fields than the header's {len(names)} names; "
+            "expected a header line naming every column (or no trailing separator)"
+        )
     if len(names) == frame.shape[1]:
         frame.columns = names
     if frame.shape[1] == 1:
@@ -427,7 +431,7 @@ def _task(
             task, note = "regression", "non-integer numbers"
         note = f"task inferred: {task} ({note} in '{name}'); set data.task to override"
     elif task == "regression" and kind in ("text", "boolean"):
-        first = values.iloc[0]
+        first = _plain(values.iloc[0])
         raise ClrpipeError(
             f"data.task: regression needs a numeric target, but '{name}' in {source} has "
             f"{kind} values (e.g. {first!r}); set data.task to binary or multiclass, or null "
