@@ -358,6 +358,15 @@ def test_rows_without_a_target_are_dropped():
     assert notes[-1] == "dropped 2 row(s) with no 'y'"
 
 
+def test_an_integer_target_with_gaps_keeps_integer_classes():
+    out, schema, report, _ = prepared(small([0, np.nan, 1, 0, 1]))
+    assert (schema.task, schema.classes, out["y"].dtype) == ("binary", (0, 1), np.int64)
+    assert report["dropped_missing_target"] == 1
+    pre = Preprocessor.fit(out, schema, "impute")
+    np.testing.assert_array_equal(pre.encode_target(pd.Series([1.0, 0.0])), [1, 0])
+    np.testing.assert_array_equal(pre.decode_target(np.array([1, 0])), [1, 0])
+
+
 def test_categorical_can_be_declared_and_numbers_become_text():
     frame = pd.DataFrame({
         "code": [1.0, 2.0, np.nan, 1.0], "flag": [True, False, True, False],
@@ -567,12 +576,15 @@ def test_unknown_suffix_needs_data_format():
     read_fails(TEXT, "data/raw/mine", "data/raw/mine: unknown table kind (no suffix); expected "
                ".csv, .tsv, .tab, .parquet or .pq (optionally .gz, .bz2 or .xz), or set "
                "data.format to csv, tsv or parquet")
-    read_fails(gzip.compress(TEXT), "mine.gz", "mine.gz: unknown table kind (no suffix); "
+    read_fails(gzip.compress(TEXT), "mine.gz", "mine.gz: unknown table kind (suffix '.gz'); "
                "expected .csv, .tsv, .tab, .parquet or .pq (optionally .gz, .bz2 or .xz), or set "
                "data.format to csv, tsv or parquet")
     workbook = io.BytesIO()
     with zipfile.ZipFile(workbook, "w") as z:
         z.writestr("xl/workbook.xml", "<workbook/>")
+    read_fails(TEXT, "v1.2/mine.txt.gz", "v1.2/mine.txt.gz: unknown table kind (suffix "
+               "'.txt.gz'); expected .csv, .tsv, .tab, .parquet or .pq (optionally .gz, .bz2 or "
+               ".xz), or set data.format to csv, tsv or parquet")
     read_fails(workbook.getvalue(), "mine.xlsx", "mine.xlsx: unknown table kind (suffix "
                "'.xlsx'); expected .csv, .tsv, .tab, .parquet or .pq (optionally .gz, .bz2 or "
                ".xz), or set data.format to csv, tsv or parquet (it is an Excel workbook: export "

@@ -178,7 +178,8 @@ def _format_of(raw: bytes, source: str) -> str:
         suffixes.pop()
     if suffixes and suffixes[-1] in FORMATS:
         return FORMATS[suffixes[-1]]
-    shown = f"suffix {suffixes[-1]!r}" if suffixes else "no suffix"
+    named = "".join(path.suffixes[max(len(suffixes) - 1, 0):])
+    shown = f"suffix {named!r}" if named else "no suffix"
     hint = ""
     if raw.startswith(b"PAR1"):
         hint = " (the content is Parquet: set data.format=parquet)"
@@ -472,6 +473,8 @@ def _plain(value: Any) -> str | int | bool:
         return bool(value)
     if isinstance(value, int | np.integer):
         return int(value)
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return int(value)  # 1.0 read back from a float column is the class 1
     return str(value)
 
 
