@@ -400,8 +400,11 @@ def test_config_errors_name_the_key():
           id_columns=["id"])
     fails(frame, "data.ignore_columns: no column 'c' in t.csv; columns are a, b, y",
           ignore_columns=["c"])
-    fails(frame, "data.categorical: no column 'B' in t.csv; columns are a, b, y",
-          categorical=["B"])
+    fails(frame, "data.categorical: no column 'B' in t.csv (did you mean 'b'?); columns are "
+          "a, b, y", categorical=["B"])
+    wide = pd.DataFrame({f"c{i}": [0, 1] for i in range(35)})
+    fails(wide, "data.target: no column 'y' in t.csv; columns are "
+          + ", ".join(f"c{i}" for i in range(30)) + ", ... (5 more)")
     for key in ("id_columns", "ignore_columns", "categorical"):
         fails(frame, f"data.{key}: 'y' is the target (data.target); list feature columns only",
               **{key: ["y"]})

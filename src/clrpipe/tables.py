@@ -366,16 +366,21 @@ def _columns_text(columns: list[str]) -> str:
     return shown + (f", ... ({len(columns) - 30} more)" if len(columns) > 30 else "")
 
 
+def _no_column(key: str, name: str, columns: list[str], source: str) -> ClrpipeError:
+    near = [c for c in columns if c.strip().lower() == name.strip().lower()]
+    hint = f" (did you mean '{near[0]}'?)" if near else ""
+    return ClrpipeError(
+        f"data.{key}: no column '{name}' in {source}{hint}; columns are {_columns_text(columns)}"
+    )
+
+
 def _check_config(frame: pd.DataFrame, cfg: TableData, source: str) -> None:
     columns = list(frame.columns)
     repeated = [c for i, c in enumerate(columns) if c in columns[:i]]
     if repeated:
         raise ClrpipeError(f"{source}: column '{repeated[0]}' appears more than once")
     if cfg.target not in columns:
-        raise ClrpipeError(
-            f"data.target: no column '{cfg.target}' in {source}; columns are "
-            f"{_columns_text(columns)}"
-        )
+        raise _no_column("target", cfg.target, columns, source)
     lists = {
         "id_columns": cfg.id_columns,
         "ignore_columns": cfg.ignore_columns,
@@ -384,10 +389,7 @@ def _check_config(frame: pd.DataFrame, cfg: TableData, source: str) -> None:
     for key, names in lists.items():
         for name in names:
             if name not in columns:
-                raise ClrpipeError(
-                    f"data.{key}: no column '{name}' in {source}; columns are "
-                    f"{_columns_text(columns)}"
-                )
+                raise _no_column(key, name, columns, source)
         if cfg.target in names:
             raise ClrpipeError(
                 f"data.{key}: '{cfg.target}' is the target (data.target); list feature "
