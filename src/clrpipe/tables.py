@@ -16,8 +16,15 @@ are dropped (``dropped_missing_target``); duplicates are dropped keeping the fir
 cardio: a row equal to an earlier one in the id, target and feature columns counts as
 ``dropped_duplicate_row``, a row repeating an earlier row's id (all id columns, none missing)
 with other values as ``dropped_duplicate_id`` (without id columns only exact duplicates go);
-the task is inferred unless `data.task` is set; the columns are typed (numeric -> float,
-categorical -> text) and validated with a pandera schema (`frame_schema`).
+the task is inferred unless `data.task` is set (a text or boolean target, or one whose values
+are all integers with at most `data.max_classes` levels, is classification, binary with 2
+classes and multiclass with more; other numbers are regression; the inference is a note);
+the columns are typed and validated with a pandera schema (`frame_schema`). The categorical
+columns are `data.categorical`, or when it is null the text and boolean ones (a text column
+that is mostly numbers is an error instead: a stray `?` should not turn a measurement into
+categories); every other feature must be numbers (booleans count as 0/1). Infinite numbers
+are refused; missing ones too with `data.missing: refuse`. The cleaned frame has the numeric
+columns, the categorical ones (text, 1 not 1.0) and the target last, in the file's order.
 
 `Preprocessor`: fitted on the training part only; numbers -> median imputation (with a 0/1
 `missing:<column>` indicator for each column that had gaps in training, left unscaled) ->
