@@ -17,6 +17,8 @@ import click
 from clrpipe import config
 from clrpipe.errors import ClrpipeError
 
+__all__ = ["main"]
+
 OVERRIDES = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 
 

@@ -228,7 +228,7 @@ def markdown_table(
     training seconds, final training loss and test loss."""
     metric = next(iter(summaries.values())).metric if summaries else "accuracy"
     level = f"{100 * confidence:g}%"
-    goal = f"{100 * target:g}%" if metric == "accuracy" else f"R² {target:.4g}"
+    goal = f"{100 * target:.4g}%" if metric == "accuracy" else f"R² {target:.3g}"
     lines = [
         f"| method | seeds | test {score_label(metric)} (mean) | {level} interval | "
         f"epochs to {goal} val | seconds to {goal} val | reached | train s | final train loss "

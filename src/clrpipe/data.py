@@ -54,6 +54,28 @@ from pandera.errors import SchemaError, SchemaErrors
 from clrpipe.errors import ClrpipeError
 from clrpipe.params import Limits
 
+__all__ = [
+    "BINARY",
+    "EXPECTED_TEXT",
+    "FEATURES",
+    "ID",
+    "IGNORED_COLUMNS",
+    "MISSING_TOKENS",
+    "RAW_SCHEMA",
+    "REQUIRED_COLUMNS",
+    "TARGET",
+    "add_features",
+    "check_splittable",
+    "decode_text",
+    "drop_duplicates",
+    "not_utf8_text",
+    "parse_csv",
+    "prepare",
+    "repair",
+    "split_minimum",
+    "validate",
+]
+
 TARGET = "cardio"
 ID = "id"
 IGNORED_COLUMNS = (ID,)  # read for the duplicate check (repair rule 1), never a feature
@@ -117,7 +139,7 @@ FEATURES = (
 def parse_csv(raw: bytes, source: str) -> tuple[pd.DataFrame, list[str]]:
     """Parse the raw table: `;` or `,` separated, any line ending, headers with stray spaces,
     columns in any order. Returns the required columns and notes (e.g. ignored extra columns)."""
-    text = _decode(raw, source)
+    text = decode_text(raw, source)
     header = text.lstrip("\ufeff").split("\n", 1)[0]
     if not header.strip():
         raise ClrpipeError(f"{source}: empty file; expected a header line and data rows")
@@ -157,8 +179,8 @@ def parse_csv(raw: bytes, source: str) -> tuple[pd.DataFrame, list[str]]:
     return frame, notes
 
 
-def _decode(raw: bytes, source: str) -> str:
-    refused = _not_utf8_text(raw, source)
+def decode_text(raw: bytes, source: str) -> str:
+    refused = not_utf8_text(raw, source)
     if refused:
         raise ClrpipeError(f"{source}: {refused}")
     if b"\x00" in raw[:65536]:
@@ -188,7 +210,7 @@ _COMPRESSED = (  # magic bytes, name, command that decompresses to stdout
 )
 
 
-def _not_utf8_text(raw: bytes, source: str) -> str | None:
+def not_utf8_text(raw: bytes, source: str) -> str | None:
     """What a recognisable non-UTF-8 input is and what to do about it, or None."""
     for bom, name, encoding in _BOMS:
         if raw.startswith(bom):

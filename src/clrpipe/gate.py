@@ -35,6 +35,26 @@ from clrpipe.config import flatten
 from clrpipe.errors import ClrpipeError
 from clrpipe.params import Section
 
+__all__ = [
+    "BENCH_PREFIX",
+    "Check",
+    "Reference",
+    "Row",
+    "bounds",
+    "diff_markdown",
+    "dvc_metrics_diff",
+    "evaluate",
+    "failed",
+    "load_bench",
+    "load_json",
+    "load_metrics_dir",
+    "markdown",
+    "numeric_leaves",
+    "parse_reference",
+    "run",
+    "split_diff",
+]
+
 BENCH_PREFIX = "bench"
 
 

@@ -23,6 +23,8 @@ from clrpipe import training
 from clrpipe.errors import ClrpipeError
 from clrpipe.schedules import CyclicalLearningRate
 
+__all__ = ["BUILD_HINT", "RUN_FILES", "LegacyRun", "legacy_dir", "train_with_tfa"]
+
 BUILD_HINT = "build it with `python3 -m uv sync --frozen --project legacy`"
 RUN_FILES = ("legacy/tfa_train.py", "legacy/tfa_common.py", "legacy/pyproject.toml",
              "legacy/uv.lock")

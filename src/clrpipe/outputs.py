@@ -14,6 +14,8 @@ from pathlib import Path
 
 from clrpipe.errors import ClrpipeError
 
+__all__ = ["STORAGE_ERRNOS", "atomic_outputs", "uninterruptible"]
+
 # OSErrors without a file name that still mean "this output could not be stored" (a full disk, a
 # quota, a file-size limit, a read-only or failing disk). Others without a file name, such as a
 # refused connection while the block logs to a tracking server, are not about the outputs and

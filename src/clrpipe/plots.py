@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -17,7 +18,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from clrpipe.training import History
+if TYPE_CHECKING:  # only for annotations: drawing needs no TensorFlow
+    from clrpipe.training import History
 
 __all__ = [
     "compare_figures",

@@ -7,6 +7,7 @@ and the Welch interval of a difference of means is `ttest_ind(..., equal_var=Fal
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -41,7 +42,9 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
         return Interval(mean, None, None, 1)
     if np.ptp(x) == 0:
         return Interval(mean, mean, mean, int(x.size))
-    found = stats.ttest_1samp(x, 0.0).confidence_interval(confidence)
+    with warnings.catch_warnings():  # near-equal values: scipy warns of precision loss
+        warnings.simplefilter("ignore", RuntimeWarning)
+        found = stats.ttest_1samp(x, 0.0).confidence_interval(confidence)
     return Interval(mean, float(found.low), float(found.high), int(x.size))
 
 
@@ -56,7 +59,9 @@ def difference_interval(
         return Interval(diff, None, None, n)
     if np.ptp(xa) == 0 and np.ptp(xb) == 0:
         return Interval(diff, diff, diff, n)
-    found = stats.ttest_ind(xa, xb, equal_var=False).confidence_interval(confidence)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        found = stats.ttest_ind(xa, xb, equal_var=False).confidence_interval(confidence)
     return Interval(diff, float(found.low), float(found.high), n)
 
 

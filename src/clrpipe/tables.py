@@ -53,13 +53,14 @@ from pandera.errors import SchemaError, SchemaErrors
 from sklearn.impute import SimpleImputer
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from clrpipe.data import _decode, _not_utf8_text, split_minimum
+from clrpipe.data import decode_text, not_utf8_text, split_minimum
 from clrpipe.errors import ClrpipeError, first_line
 from clrpipe.params import TASKS, TableData
 
 __all__ = [
     "FORMATS",
     "MIN_ROWS",
+    "SCHEMA_KEY",
     "Preprocessor",
     "TableSchema",
     "check_splittable",
@@ -68,6 +69,8 @@ __all__ = [
     "read_table",
 ]
 
+SCHEMA_KEY = "clrpipe_table_schema"
+"""Where `prepare` puts the table's schema for `split`: the prepared parquet's `attrs`."""
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 COMPRESSED_SUFFIXES = (".gz", ".gzip", ".bz2", ".xz", ".zst")
 SEPARATORS = {"csv": ",", "tsv": "\t"}
@@ -190,7 +193,7 @@ def _format_of(raw: bytes, source: str) -> str:
     hint = ""
     if raw.startswith(b"PAR1"):
         hint = " (the content is Parquet: set data.format=parquet)"
-    elif "Excel" in (_not_utf8_text(raw, source) or ""):
+    elif "Excel" in (not_utf8_text(raw, source) or ""):
         hint = " (it is an Excel workbook: export the sheet as CSV)"
     raise ClrpipeError(
         f"{source}: unknown table kind ({shown}); expected .csv, .tsv, .tab, .parquet or .pq "
@@ -247,7 +250,7 @@ def _read_text(raw: bytes, source: str, kind: str) -> pd.DataFrame:
             "the file .parquet)"
         )
     try:
-        text = _decode(raw, source)
+        text = decode_text(raw, source)
     except ClrpipeError as err:
         raise ClrpipeError(_adapted(str(err), source, kind)) from None
     text = text.lstrip("\ufeff")
@@ -304,7 +307,7 @@ def _read_text(raw: bytes, source: str, kind: str) -> pd.DataFrame:
 def _read_parquet(raw: bytes, source: str) -> pd.DataFrame:
     if not raw.startswith(b"PAR1"):
         looks = " (it looks like text: set data.format=csv or tsv)"
-        if _not_utf8_text(raw, source) is not None or b"\x00" in raw[:4096]:
+        if not_utf8_text(raw, source) is not None or b"\x00" in raw[:4096]:
             looks = ""
         raise ClrpipeError(
             f"{source}: not a Parquet file (it does not start with PAR1){looks}; expected "

@@ -82,9 +82,10 @@ class Dataset:
     target: str
     output: OutputSpec
     details: dict = field(default_factory=dict)
+    name: str = "cardio"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"features": list(self.features), "target": self.target,
+        return {"name": self.name, "features": list(self.features), "target": self.target,
                 "output": {**asdict(self.output), "classes": list(self.output.classes)},
                 **({"details": self.details} if self.details else {})}
 
@@ -93,7 +94,7 @@ class Dataset:
         output = dict(found["output"])
         output["classes"] = tuple(output.get("classes") or ())
         return cls(tuple(found["features"]), found["target"], OutputSpec(**output),
-                   found.get("details", {}))
+                   found.get("details", {}), found.get("name", "cardio"))
 
     @classmethod
     def read(cls, folder: Path) -> Dataset:

@@ -75,6 +75,31 @@ from clrpipe.errors import ClrpipeError, first_line
 from clrpipe.outputs import uninterruptible
 from clrpipe.params import TrackingParams
 
+__all__ = [
+    "ABANDONED",
+    "ARTIFACTS_FOLDER",
+    "BUFFER_SECONDS",
+    "ERROR_TAG",
+    "HOST_TAG",
+    "HTTP_DEFAULTS",
+    "LOCK_TIMEOUT",
+    "PID_NAMESPACE_TAG",
+    "PID_TAG",
+    "PIPELINE_TAG",
+    "PROBE_TIMEOUT",
+    "PROCESS_START_TAG",
+    "STAGE_TAG",
+    "STARTED_TAG",
+    "TRIAL_TAG",
+    "StageRun",
+    "TrialRuns",
+    "artifact_location",
+    "git_commit",
+    "resolve_uri",
+    "stage_run",
+    "store_uri",
+]
+
 for _chatty in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database ..."
     logging.getLogger(_chatty).setLevel(logging.WARNING)
 

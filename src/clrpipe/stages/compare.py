@@ -25,6 +25,8 @@ from clrpipe.outputs import atomic_outputs
 from clrpipe.params import CompareParams, ModelParams, Reads, TrainCommon
 from clrpipe.trial import load_split, range_test_bounds, split_arrays
 
+__all__ = ["STAGES", "CompareReads", "run"]
+
 
 class _Split(Reads):
     dir: Path

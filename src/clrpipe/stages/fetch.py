@@ -17,6 +17,8 @@ from clrpipe import config, download
 from clrpipe.errors import ClrpipeError
 from clrpipe.params import CardioData, DataParams, Reads
 
+__all__ = ["STAGES", "FetchReads", "run"]
+
 
 class FetchReads(Reads):
     """What `fetch` reads from params.yaml."""

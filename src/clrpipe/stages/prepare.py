@@ -19,6 +19,8 @@ from clrpipe import config, data, download, tables, tracking
 from clrpipe.outputs import atomic_outputs
 from clrpipe.params import CardioData, DataParams, PrepareParams, Reads
 
+__all__ = ["STAGES", "PrepareReads", "run"]
+
 
 class PrepareReads(Reads):
     """What `prepare` reads from params.yaml."""

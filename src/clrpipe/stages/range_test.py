@@ -31,6 +31,8 @@ from clrpipe.range_test import RangeTestResult
 from clrpipe.range_test_runner import run_range_test
 from clrpipe.trial import arrays, load_split, stratify
 
+__all__ = ["STAGES", "RangeTestReads", "run"]
+
 
 class _ClrBatch(Reads):
     batch_size: int

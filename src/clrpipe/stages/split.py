@@ -26,6 +26,8 @@ from clrpipe.outputs import atomic_outputs
 from clrpipe.params import DataParams, Reads, SplitParams, TableData
 from clrpipe.tasks import CARDIO, DATASET_FILE, Dataset, OutputSpec
 
+__all__ = ["STAGES", "SplitReads", "run"]
+
 
 class _Prepared(Reads):
     output: Path
@@ -66,7 +68,7 @@ def run(cfg: DictConfig) -> dict:
         if table is None:
             parts, dataset = _cardio(train, test, tmp_fitted)
         else:
-            parts, dataset = _table(train, test, schema, table.missing, tmp_fitted)
+            parts, dataset = _table(train, test, schema, table, tmp_fitted)
         for part, tmp in zip(parts, (tmp_train, tmp_test), strict=True):
             part.to_parquet(tmp, index=False)
         tmp_spec.write_text(json.dumps(dataset.to_dict(), indent=2) + "\n")
@@ -94,9 +96,9 @@ def _cardio(train: pd.DataFrame, test: pd.DataFrame, tmp_scaler: Path):
     return parts, Dataset(tuple(features), data.TARGET, CARDIO)
 
 
-def _table(train, test, schema, missing: str, tmp_fitted: Path):
+def _table(train, test, schema, table: TableData, tmp_fitted: Path):
     """A user's table encoded by a preprocessor fitted on train; counts of what it did."""
-    fitted = tables.Preprocessor.fit(train, schema, missing)
+    fitted = tables.Preprocessor.fit(train, schema, table.missing)
     parts, counts = [], {}
     for name, part in (("train", train), ("test", test)):
         x, done = fitted.transform(part)
@@ -108,7 +110,8 @@ def _table(train, test, schema, missing: str, tmp_fitted: Path):
     output = OutputSpec(schema.task, tuple(schema.classes or ()), fitted.target_mean,
                         fitted.target_std)
     details = {**fitted.describe(), "counts": counts}
-    return parts, Dataset(tuple(fitted.features), "target", output, details)
+    return parts, Dataset(tuple(fitted.features), "target", output, details,
+                          table.raw.name.split(".")[0])
 
 
 def read_prepared(source: Path) -> pd.DataFrame:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from clrpipe import config, legacy, plots, schedules, tracking
+from clrpipe import config, legacy, plots, schedules, tracking, trial
 from clrpipe.errors import ClrpipeError
 from clrpipe.outputs import atomic_outputs
 from clrpipe.params import (
@@ -28,13 +28,8 @@ from clrpipe.params import (
     ScheduleParams,
     TrainCommon,
 )
-from clrpipe.trial import (
-    load_split,
-    range_test_bounds,
-    refuse_what_tfa_cannot,
-    split_arrays,
-    train_trial,
-)
+
+__all__ = ["STAGES", "BaselineReads", "ClrReads", "run"]
 
 
 class _Split(Reads):
@@ -81,14 +76,14 @@ def run(cfg: DictConfig, variant: str) -> dict:
         spec = ConstantSchedule(learning_rate=run_params.learning_rate)
     else:
         spec = p.schedule
-    train_frame, test_frame, dataset = load_split(p.split.dir)
-    split = split_arrays(train_frame, test_frame, dataset, p.train.validation_fraction,
+    train_frame, test_frame, dataset = trial.load_split(p.split.dir)
+    split = trial.split_arrays(train_frame, test_frame, dataset, p.train.validation_fraction,
                          p.train.seed)
-    bounds = range_test_bounds()
+    bounds = trial.range_test_bounds()
     # Checked before an MLflow run opens: the schedule's bounds, and the tfa environment.
     schedules.build_schedule(spec, len(split.x), run_params.batch_size, bounds=bounds,
                              epochs=run_params.epochs)
-    refuse_what_tfa_cannot(p.train, spec, p.model, dataset.output)
+    trial.refuse_what_tfa_cannot(p.train, spec, p.model, dataset.output)
     if spec.backend == "tfa":
         legacy.legacy_dir(config.project_root())
 
@@ -96,21 +91,21 @@ def run(cfg: DictConfig, variant: str) -> dict:
         def on_epoch(epoch, logs, seconds):
             tracked.log_metrics({**logs, "epoch_seconds": seconds}, step=epoch, buffered=True)
 
-        trial = train_trial(p.model, p.train, spec, epochs=run_params.epochs,
+        done = trial.train_trial(p.model, p.train, spec, epochs=run_params.epochs,
                             batch_size=run_params.batch_size, seed=p.train.seed, split=split,
                             bounds=bounds, on_epoch=on_epoch)
-        history, score = trial.history, dataset.output.score
+        history, score = done.history, dataset.output.score
         metrics = {
-            **{f"test_{name}": value for name, value in trial.test.items()},
+            **{f"test_{name}": value for name, value in done.test.items()},
             f"train_{score}": history.epochs[score][-1],
             f"final_val_{score}": history.epochs[f"val_{score}"][-1],
             "epochs": run_params.epochs,
-            "train_seconds": trial.seconds,
+            "train_seconds": done.seconds,
             "epoch_seconds_median": float(np.median(history.epoch_seconds)),
         }
         tracked.log_metrics(metrics)
-        tracked.set_tag("clrpipe.backend", trial.backend["backend"])
-        metrics.update(trial.backend)
+        tracked.set_tag("clrpipe.backend", done.backend["backend"])
+        metrics.update(done.backend)
         tracked.log_series("learning_rate", history.lr_steps, history.lr_values)
         outputs = {
             "model": Path("models") / f"{stage}.keras",
@@ -120,7 +115,7 @@ def run(cfg: DictConfig, variant: str) -> dict:
         }
         with atomic_outputs(*outputs.values()) as temps:
             tmp = dict(zip(outputs, temps, strict=True))
-            trial.model.save(tmp["model"])
+            done.model.save(tmp["model"])
             tmp["metrics"].write_text(json.dumps(metrics, indent=2) + "\n")
             pd.DataFrame(history.epochs).assign(
                 epoch=range(1, run_params.epochs + 1), seconds=history.epoch_seconds
@@ -128,12 +123,12 @@ def run(cfg: DictConfig, variant: str) -> dict:
             pd.DataFrame({"step": history.lr_steps, "lr": history.lr_values}).to_csv(
                 tmp["lr"], index=False
             )
-            tracked.log_keras_model(trial.model, split.x[:5], list(dataset.features))
-            tracked.log_datasets({"training": train_frame, "testing": test_frame}, "split",
+            tracked.log_keras_model(done.model, split.x[:5], list(dataset.features))
+            tracked.log_datasets({"training": train_frame, "testing": test_frame}, dataset.name,
                                  dataset.target)
             tracked.log_figures(plots.training_figures(history, stage, score), "plots")
     click.echo(
         f"{stage}: test {score} {metrics[f'test_{score}']:.4f} after {run_params.epochs} "
-        f"epochs in {trial.seconds:.1f} s -> {outputs['model']}, {outputs['metrics']}"
+        f"epochs in {done.seconds:.1f} s -> {outputs['model']}, {outputs['metrics']}"
     )
     return metrics
