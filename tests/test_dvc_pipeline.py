@@ -146,19 +146,17 @@ def runs_by_tag(client: MlflowClient, tag: str, value: str) -> list:
     return all_runs(client, f"tags.`{tag}` = '{value}'")
 
 
-def build(root: Path, cardio_csv: Path, site_cache: Path) -> Pipeline:
-    """A git + DVC repo of the project in `root` with the small configuration, after one
-    `dvc repro`, committed (params.yaml, dvc.lock, metrics and plots)."""
+def build_repo(root: Path, site_cache: Path) -> Pipeline:
+    """A git + DVC repo of the project in `root`: `src/`, `conf/`, `dvc.yaml`, the lock files
+    and legacy files the stages depend on, DVC's config (Hydra enabled) and plot templates."""
     skip = shutil.ignore_patterns("__pycache__", "*.pyc")
     for folder in ("src", "conf"):
         shutil.copytree(REPO / folder, root / folder, ignore=skip)
-    for name in ("dvc.yaml", ".gitignore", "uv.lock"):
+    for name in ("dvc.yaml", ".gitignore", "uv.lock", "params.yaml"):
         shutil.copy(REPO / name, root / name)
     (root / "legacy").mkdir()
     for name in ("tfa_train.py", "tfa_common.py", "pyproject.toml", "uv.lock"):  # tfa bridge
         shutil.copy(REPO / "legacy" / name, root / "legacy" / name)
-    (root / "data" / "raw").mkdir(parents=True)
-    shutil.copy(cardio_csv, root / "data" / "raw" / "cardio_train.csv")
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
     env.update(
@@ -174,7 +172,15 @@ def build(root: Path, cardio_csv: Path, site_cache: Path) -> Pipeline:
     repo.dvc("init", "-q")
     shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
     shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")
+    return repo
 
+
+def build(root: Path, cardio_csv: Path, site_cache: Path) -> Pipeline:
+    """The project's repo (`build_repo`) with the real table in `data/raw` and the small
+    configuration, after one `dvc repro`, committed (params.yaml, dvc.lock, metrics, plots)."""
+    repo = build_repo(root, site_cache)
+    (root / "data" / "raw").mkdir(parents=True)
+    shutil.copy(cardio_csv, root / "data" / "raw" / "cardio_train.csv")
     for key, value in SMALL.items():
         set_conf(root, key, value)
     for group, settings in SMALL_IF_GROUP.items():
@@ -300,7 +306,7 @@ def test_exp_run_set_composes_params_and_reaches_code_and_mlflow(pipeline):
         assert (root / "params.yaml").read_text() == workspace_params
 
         shown = json.loads(pipeline.dvc("exp", "show", "--json").stdout)
-        exp = _find_exp(shown, name)
+        exp = find_exp(shown, name)
         params = exp["params"]["params.yaml"]["data"]
         assert params["schedule"]["policy"] == "triangular2"
         assert params["schedule"]["initial_learning_rate"] == pytest.approx(1e-4)
@@ -333,7 +339,7 @@ def test_exp_run_reshuffle_reruns_every_training(pipeline):
         expected = dependents(root, "train.reshuffle")
         assert {"train_baseline", "train_clr", "compare"} <= expected
         assert ran(done.stdout + done.stderr) == expected
-        exp = _find_exp(json.loads(pipeline.dvc("exp", "show", "--json").stdout), name)
+        exp = find_exp(json.loads(pipeline.dvc("exp", "show", "--json").stdout), name)
         assert exp["params"]["params.yaml"]["data"]["train"]["reshuffle"] is True
         for stage, metrics in before.items():
             reshuffled = exp["metrics"][f"metrics/{stage}.json"]["data"]
@@ -342,7 +348,7 @@ def test_exp_run_reshuffle_reruns_every_training(pipeline):
         pipeline.reset()
 
 
-def _find_exp(shown, name: str) -> dict:
+def find_exp(shown, name: str) -> dict:
     """The `data` of experiment `name` anywhere in `dvc exp show --json` output."""
     stack = [shown]
     while stack:
@@ -372,7 +378,7 @@ def test_queue_two_experiments_in_parallel_against_mlflow_server(pipeline, mlflo
 
         shown = json.loads(pipeline.dvc("exp", "show", "--json").stdout)
         for name, policy in experiments.items():
-            exp = _find_exp(shown, name)
+            exp = find_exp(shown, name)
             assert exp["params"]["params.yaml"]["data"]["schedule"]["policy"] == policy
             assert exp["params"]["params.yaml"]["data"]["tracking"]["uri"] == mlflow_server
 
