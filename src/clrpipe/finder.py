@@ -34,7 +34,8 @@ def _params(**given: Any) -> RangeTestParams:
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ClrpipeError(f"{where + ': ' if where else ''}{first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise ClrpipeError(f"{where + ': ' if where else ''}{message}") from None
 
 
 def lr_range_test(

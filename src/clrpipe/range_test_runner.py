@@ -377,7 +377,7 @@ def _as_tuple(batch):
 
 def _source(x, y, batch_size, out_dim):
     if isinstance(x, tf.data.Dataset | keras.utils.PyDataset):
-        kind = type(x).__name__
+        kind = "tf.data.Dataset" if isinstance(x, tf.data.Dataset) else "PyDataset"
         if y is not None:
             raise ClrpipeError(f"y: must be None when x is a {kind} (it yields (x, y) batches)")
         if batch_size is not None:
