@@ -19,13 +19,15 @@ model.compile(optimizer=keras.optimizers.Adam(CyclicalLearningRate(
 
 `import clrpipe` imports nothing heavy: each name is loaded on first use (PEP 562), so Keras
 and TensorFlow are imported by `from clrpipe import lr_range_test`, not by `import clrpipe`;
-MLflow, DVC and Ray only by the pipeline modules that use them.
+MLflow, DVC and Ray only by the pipeline modules that use them. Type checkers read the
+names from `__init__.pyi`; the pipeline's stages never import `clrpipe.finder` (their DVC
+dependencies, derived from the imports in `tests/dvc_graph.py`, stay as they were).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -50,18 +52,6 @@ _LAZY = {
     "ConstantLearningRate": "clrpipe.schedules",
     "ScheduledMomentumSGD": "clrpipe.schedules",
 }
-
-if TYPE_CHECKING:
-    from clrpipe.finder import LRFinder, lr_range_test
-    from clrpipe.range_test import RangeTestResult
-    from clrpipe.schedules import (
-        ConstantLearningRate,
-        CyclicalLearningRate,
-        OneCycleLearningRate,
-        OneCycleMomentum,
-        ScheduledMomentumSGD,
-    )
-
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
