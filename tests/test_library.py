@@ -82,7 +82,7 @@ def test_wheel_installs_into_a_fresh_venv_and_works_there(tmp_path):
     """`uv build` makes a wheel; a fresh `python -m venv` gets it with `pip install --no-deps`,
     and the locked dependencies by a .pth line pointing at this project's site-packages (a path
     only: that directory's own .pth files, including the editable clrpipe, are not processed),
-    so the clrpipe imported there is the wheel's. Measured: ~40 s on 2 busy cores."""
+    so the clrpipe imported there is the wheel's. Measured: 23-28 s on 2 busy cores."""
     started = time.perf_counter()
     dist = tmp_path / "dist"
     built = subprocess.run([*_uv(), "build", "--wheel", "--out-dir", str(dist)], cwd=REPO,
