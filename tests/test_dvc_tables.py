@@ -45,7 +45,9 @@ def write_tables(folder) -> None:
 def repo(tmp_path_factory) -> Pipeline:
     root = tmp_path_factory.mktemp("tables_repo")
     pipeline = build_repo(root, tmp_path_factory.mktemp("dvc_site"))
-    write_tables(root / "data" / "raw")
+    write_tables(root / "data" / "raw")  # git-ignored, as a user's data/raw/ is
+    pipeline.run("git", "add", "-A")
+    pipeline.run("git", "commit", "-q", "-m", "clrpipe project")
     return pipeline
 
 
@@ -99,10 +101,12 @@ def test_params_then_repro_runs_a_user_table(repo, table):
 @pytest.mark.slow
 def test_exp_run_with_a_table_group_and_keys(repo):
     """The same through `dvc exp run -S`: a multiclass table with text categories (island,
-    sex) and missing values, imputed and one-hot encoded on the training part."""
+    sex) and missing values, imputed and one-hot encoded on the training part. In the
+    workspace: a `--temp` or queued copy holds only git- and DVC-tracked files, and a user's
+    table becomes DVC-tracked (the fetch stage's output) after its first run."""
     name = "penguins"
     sets = ["data=table", "data.raw=data/raw/penguins.csv", "data.target=species", *SMALL]
-    done = repo.dvc("exp", "run", "--temp", "-n", name, *[a for s in sets for a in ("-S", s)])
+    done = repo.dvc("exp", "run", "-n", name, *[a for s in sets for a in ("-S", s)])
     assert ran(done.stdout + done.stderr) == STAGES
     experiment = find_exp(json.loads(repo.dvc("exp", "show", "--json").stdout), name)
     check_run(repo, "penguins.csv", experiment)
@@ -114,8 +118,10 @@ def test_exp_run_with_a_table_group_and_keys(repo):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["data.target=label"], "data.target: no column 'label' in data/raw/t.csv; columns are"),
-        (["data.target=one"], "data.target: column 'one' in data/raw/t.csv has one class (1) in all 40 rows"),
+        (["data.target=label"],
+         "data.target: no column 'label' in data/raw/t.csv; columns are"),
+        (["data.target=one"],
+         "data.target: column 'one' in data/raw/t.csv has one class (1) in all 40 rows"),
         (["data.target=y", "data.task=ordinal"],
          "params.yaml: data.task: expected one of 'binary', 'multiclass', 'regression', got"),
         (["data.target=y", "data.raw=data/raw/broken.csv"], "data/raw/broken.csv: "),

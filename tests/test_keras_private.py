@@ -66,3 +66,21 @@ def test_config_name_lists_match_keras():
     usable = {name for name in initializers if name.islower() and name not in (
         "initializer", "stft")}
     assert set(params.INITIALIZERS) == usable, _moved("the initializer names")
+
+
+def _model():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                  loss="sparse_categorical_crossentropy")
+    return model
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_compute_loss_is_the_loss_keras_reports(training):
+    model = _model()
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
+    y = np.arange(8) % 2
+    assert keras_private.call_has_training_arg(model) is True, VERSION
+    loss = keras_private.compute_loss(model, x, y, model(x), None, training)
+    expected = model.evaluate(x, y, batch_size=8, verbose=0)
+    assert float(loss) == pytest.approx(expected, rel=1e-6), VERSION

@@ -1,6 +1,6 @@
 """Every use of Keras's private API, in one place, each guarded by `tests/test_keras_private.py`.
 
-Keras 3 offers no public way to do these four things, and clrpipe needs each of them:
+Keras 3 offers no public way to do these things, and clrpipe needs each of them:
 
 - `epoch_order_dataset`: the row order `model.fit(shuffle=True)` draws for an epoch. The fast
   training loop gathers rows itself and must visit them in Keras's order to stay bit-identical
@@ -12,6 +12,10 @@ Keras 3 offers no public way to do these four things, and clrpipe needs each of 
   (`optimizer._get_variable_index`).
 - `learning_rate_schedule`: the schedule object an optimizer holds (`optimizer._learning_rate`;
   the public `learning_rate` property evaluates it).
+- `compute_loss` / `call_has_training_arg`: what Keras's own `train_step` calls to get the loss
+  (`model._compute_loss`, which copes with `compute_loss` overrides without `training=`) and
+  whether it passes `training=True` (`model._call_has_training_arg`); the range test's fast
+  step repeats Keras's `train_step` without its metrics, so it must call the same things.
 
 When a Keras release moves one of them, the guard test names the Keras version and the
 missing name instead of a training run failing somewhere deep.
@@ -25,6 +29,8 @@ import keras
 import numpy as np
 
 __all__ = [
+    "call_has_training_arg",
+    "compute_loss",
     "epoch_order_dataset",
     "global_seed_generator",
     "learning_rate_schedule",
@@ -67,3 +73,15 @@ def slot(optimizer: keras.Optimizer, slots: list, variable) -> Any:
 def learning_rate_schedule(optimizer: keras.Optimizer) -> Any:
     """The schedule (or variable) an optimizer was given as its learning rate."""
     return optimizer._learning_rate
+
+
+def compute_loss(model: keras.Model, x, y, y_pred, sample_weight, training: bool):
+    """The loss Keras's `train_step`/`test_step` compute: compiled loss plus `model.losses`."""
+    return model._compute_loss(
+        x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+    )
+
+
+def call_has_training_arg(model: keras.Model) -> bool:
+    """Whether `model.call` takes `training` (Keras's `train_step` passes it only then)."""
+    return bool(model._call_has_training_arg)

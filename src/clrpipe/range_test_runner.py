@@ -4,11 +4,24 @@ Each seed sweeps the LR upward every batch (see `clrpipe.range_test.lr_schedule`
 of the model's optimizer, starting from the model's current weights, on batches shuffled by
 that seed, and stops at divergence. The analysis is `clrpipe.range_test.analyse`.
 
+Inputs: NumPy arrays (or nested structures of them, for multi-input models), shuffled per seed
+and cut into `batch_size` batches; a `keras.utils.PyDataset`, whose batches are visited in a
+per-seed random order (its `on_epoch_*` hooks are not called and its workers are not used); or
+a `tf.data.Dataset`, read in its own order (a fresh iterator per seed, repeated when exhausted).
+
+Steps: a model whose `train_step` is Keras's own is swept by a step that is Keras's
+`train_step` without the metric updates (same forward pass, same `compute_loss`, same
+gradients: bit-identical weights, tested) and returns the batch loss. A model with its own
+`train_step` is swept through it: the clone optimizer is put in `model.optimizer` for the
+sweep, the model's metrics are reset before each batch and the batch loss is the `"loss"` its
+`train_step` returns.
+
 Isolation is the point: when `run_range_test` returns (or raises), the model's variables
-(weights, non-trainable state, dropout seed-generator states), the user's optimizer (never
-used: a clone from its config is), numpy's and Python's global RNG and Keras' global
-`SeedGenerator` are exactly as before, so training afterwards is bit-identical to training
-without the test.
+(weights, non-trainable state, dropout seed-generator states), its metrics' state, its
+`optimizer` attribute, the user's optimizer (never used: a clone from its config is), numpy's
+and Python's global RNG and Keras' global `SeedGenerator` are exactly as before, so training
+afterwards is bit-identical to training without the test. One thing cannot be put back: a
+`tf.data.Dataset` that reshuffles on every iteration has advanced its own hidden shuffle state.
 """
 
 from __future__ import annotations
@@ -27,13 +40,16 @@ from clrpipe.errors import ClrpipeError
 from clrpipe.params import RangeTestParams
 from clrpipe.range_test import Curve, DivergenceMonitor, RangeTestResult, analyse, lr_schedule
 
-__all__ = ["preserved_state", "run_range_test", "sweep"]
+__all__ = ["has_custom_train_step", "preserved_state", "run_range_test", "sweep"]
 
 
 @contextlib.contextmanager
 def preserved_state(model: keras.Model, *optimizers: Any) -> Iterator[None]:
-    """Restore model variables, optimizer variables and all global RNG state on exit."""
+    """Restore model variables, metric state, `model.optimizer`, the optimizers' variables and
+    all global RNG state on exit."""
     model_values = [v.numpy() for v in model.variables]
+    metric_values = [(v, v.numpy()) for v in _metric_variables(model)]
+    model_opt = getattr(model, "optimizer", None)
     opt_values = [[v.numpy() for v in o.variables] for o in optimizers if o is not None]
     np_state, py_state = np.random.get_state(), random.getstate()
     gen = keras_private.global_seed_generator()
@@ -41,7 +57,13 @@ def preserved_state(model: keras.Model, *optimizers: Any) -> Iterator[None]:
     try:
         yield
     finally:
+        if hasattr(model, "optimizer"):
+            model.optimizer = model_opt
         for var, value in zip(model.variables, model_values, strict=True):
+            var.assign(value)
+        for metric in getattr(model, "metrics", []):
+            metric.reset_state()
+        for var, value in metric_values:
             var.assign(value)
         for opt, values in zip([o for o in optimizers if o is not None], opt_values, strict=True):
             for var, value in zip(opt.variables, values, strict=True):
@@ -53,24 +75,38 @@ def preserved_state(model: keras.Model, *optimizers: Any) -> Iterator[None]:
         keras_private.set_global_seed_generator(gen)
 
 
+def _metric_variables(model: keras.Model) -> list:
+    return [v for m in getattr(model, "metrics", []) for v in m.variables]
+
+
+def has_custom_train_step(model: keras.Model) -> bool:
+    """True when the model's class overrides Keras's `train_step`."""
+    return type(model).train_step is not keras.Model.train_step
+
+
 def run_range_test(
     model: keras.Model,
-    x: np.ndarray,
-    y: np.ndarray,
+    x: Any,
+    y: Any,
     config: RangeTestParams,
     *,
-    batch_size: int,
+    batch_size: int | None,
     optimizer: keras.optimizers.Optimizer | None = None,
     loss: Any = None,
-    x_val: np.ndarray | None = None,
-    y_val: np.ndarray | None = None,
+    x_val: Any = None,
+    y_val: Any = None,
+    step: str = "auto",
 ) -> RangeTestResult:
     """Sweep every seed of `config` and return the analysed result; the model is left untouched.
 
-    `optimizer` and `loss` default to the compiled model's; the optimizer is cloned from its
-    config with a plain float LR that the sweep sets every batch. `x_val, y_val` (a small
-    held-out slice, e.g. 2,000 rows) are evaluated every `config.val_every` batches for val
-    loss and, for cross-entropy losses, accuracy (which enables Smith's accuracy bounds).
+    `x` is arrays (with targets `y` and a `batch_size`), a `tf.data.Dataset` or a
+    `keras.utils.PyDataset` (batches of `(x, y)` or `(x, y, sample_weight)`; `y` and
+    `batch_size` None). `optimizer` and `loss` default to the compiled model's; the optimizer
+    is cloned from its config with a plain float LR that the sweep sets every batch. `x_val,
+    y_val` (a small held-out slice, e.g. 2,000 rows) are evaluated every `config.val_every`
+    batches for val loss and, for cross-entropy losses, accuracy (which enables Smith's
+    accuracy bounds). `step`: "auto" (the fast step unless the model has its own
+    `train_step`), "train_step" (always the model's `train_step`) or "fast".
     """
     return analyse(
         sweep(
@@ -83,6 +119,7 @@ def run_range_test(
             loss=loss,
             x_val=x_val,
             y_val=y_val,
+            step=step,
         ),
         config,
     )
@@ -90,44 +127,59 @@ def run_range_test(
 
 def sweep(
     model: keras.Model,
-    x: np.ndarray,
-    y: np.ndarray,
+    x: Any,
+    y: Any,
     config: RangeTestParams,
     *,
-    batch_size: int,
+    batch_size: int | None,
     optimizer: keras.optimizers.Optimizer | None = None,
     loss: Any = None,
-    x_val: np.ndarray | None = None,
-    y_val: np.ndarray | None = None,
+    x_val: Any = None,
+    y_val: Any = None,
+    step: str = "auto",
 ) -> list[Curve]:
     """Record one raw `Curve` per seed (no analysis); the model is left untouched."""
     if not model.built or not model.variables:
-        raise ClrpipeError("range_test: model is not built; give it a keras.Input first")
+        raise ClrpipeError(
+            "range_test: model is not built; give it a keras.Input, call model.build(shape) "
+            "or call it on a batch first"
+        )
     user_opt = optimizer if optimizer is not None else getattr(model, "optimizer", None)
     if user_opt is None:
         raise ClrpipeError("range_test: no optimizer; compile the model or pass optimizer=")
-    loss_obj = loss if loss is not None else getattr(model, "loss", None)
-    if loss_obj is None or isinstance(loss_obj, dict | list | tuple):
-        raise ClrpipeError("range_test: expected one loss; compile the model or pass loss=")
-    x = np.asarray(x, dtype=np.float32)
-    n = x.shape[0]
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 0 < batch_size <= n:
-        raise ClrpipeError(
-            f"batch_size: expected an integer from 1 to the training rows ({n}), got {batch_size}"
-        )
-    out_dim = int(model.outputs[0].shape[-1]) if getattr(model, "outputs", None) else None
-    y = _align_target(np.asarray(y), out_dim)
-    use_val = x_val is not None and y_val is not None and config.val_every > 0
+    if step not in ("auto", "fast", "train_step"):
+        raise ClrpipeError(f"step: expected auto, fast or train_step, got {step!r}")
+    custom = has_custom_train_step(model)
+    use_train_step = step == "train_step" or (step == "auto" and custom)
+    if custom and not use_train_step:
+        raise ClrpipeError("step: the model has its own train_step; use step='auto'")
+    if loss is not None and use_train_step:
+        raise ClrpipeError("loss: the sweep goes through the model's train_step, which uses "
+                           "the compiled loss; compile the model with it instead")
+    compiled_loss = getattr(model, "loss", None)
+    if loss is None and compiled_loss is None and not custom:
+        raise ClrpipeError("range_test: no loss; compile the model with one or pass loss=")
+    out_dim = _out_dim(model)
+    source = _source(x, y, batch_size, out_dim if loss is not None else None)
+    use_val = x_val is not None and config.val_every > 0
+    val = None
     if use_val:
-        x_val = np.asarray(x_val, dtype=np.float32)
-        y_val = _align_target(np.asarray(y_val), out_dim)
-    loss_fn = _loss_callable(loss_obj)
-    acc_fn = _accuracy_fn(loss_obj)
+        if loss is None and compiled_loss is None:
+            raise ClrpipeError("validation: needs a compiled loss (or loss=) to score")
+        val = (_as_float(x_val), _align_target(y_val, out_dim))
+    loss_obj = loss if loss is not None else compiled_loss
+    loss_fn = _loss_callable(loss) if loss is not None else None
+    acc_fn = _accuracy_fn(loss_obj) if loss_obj is not None else None
 
     with preserved_state(model, user_opt):
         opt = _clone_optimizer(user_opt, config.min_lr)
         opt.build(model.trainable_variables)
-        train_step, eval_step = _compile_steps(model, opt, loss_fn)
+        if use_train_step:
+            model.optimizer = opt
+            train_step = _train_step_fn(model)
+        else:
+            train_step = _fast_step_fn(model, opt, loss_fn)
+        eval_step = _eval_step_fn(model, loss_fn) if use_val else None
         model_init = [v.numpy() for v in model.variables]
         opt_init = [v.numpy() for v in opt.variables]
         seed_vars = [v for v in model.variables if v.name == "seed_generator_state"]
@@ -143,48 +195,29 @@ def sweep(
                 var.assign(np.array([rng.integers(1, 2**31 - 1), 0], dtype=np.int64))
             curves.append(
                 _sweep_one(
-                    seed,
-                    rng,
-                    lrs,
-                    config,
-                    opt,
-                    train_step,
-                    eval_step,
-                    acc_fn,
-                    x,
-                    y,
-                    batch_size,
-                    (x_val, y_val) if use_val else None,
+                    seed, source.batches(rng), lrs, config, opt, train_step, eval_step, acc_fn, val
                 )
             )
     return curves
 
 
-def _sweep_one(
-    seed, rng, lrs, config, opt, train_step, eval_step, acc_fn, x, y, batch_size, val
-) -> Curve:
+def _sweep_one(seed, batches, lrs, config, opt, train_step, eval_step, acc_fn, val) -> Curve:
     """One seed's sweep: set the LR, train a batch, record, stop at divergence."""
-    n_batches = x.shape[0] // batch_size
     monitor = DivergenceMonitor(config.beta, config.divergence_factor, config.smoothing)
     losses: list[float] = []
     val_steps: list[int] = []
     val_loss: list[float] = []
     val_acc: list[float] = []
-    order = rng.permutation(x.shape[0])
     for step, lr in enumerate(lrs):
-        b = step % n_batches
-        if b == 0 and step:
-            order = rng.permutation(x.shape[0])
-        idx = order[b * batch_size : (b + 1) * batch_size]
         opt.learning_rate = float(lr)
-        loss = float(train_step(x[idx], y[idx]))
+        loss = train_step(next(batches))
         losses.append(loss)
         if val is not None and step % config.val_every == 0:
             v_loss, v_pred = eval_step(val[0], val[1])
             val_steps.append(step)
             val_loss.append(float(v_loss))
             if acc_fn is not None:
-                val_acc.append(acc_fn(val[1], v_pred.numpy()))
+                val_acc.append(acc_fn(val[1], keras.ops.convert_to_numpy(v_pred)))
         if monitor.update(loss):
             break
     return Curve(
@@ -197,25 +230,173 @@ def _sweep_one(
     )
 
 
-def _compile_steps(model, opt, loss_fn):
-    """tf.function train and eval steps bound to this model and optimizer."""
+# Steps ------------------------------------------------------------------------------------
 
-    @tf.function(reduce_retracing=True)
-    def train_step(xb, yb):
+
+def _maybe_jit(model, fn):
+    if getattr(model, "run_eagerly", False):
+        return fn
+    return tf.function(fn, jit_compile=bool(getattr(model, "jit_compile", False)),
+                       reduce_retracing=True)
+
+
+def _fast_step_fn(model, opt, loss_fn):
+    """Keras's TF `train_step` without the metrics (or with `loss_fn` instead of the compiled
+    loss): returns the batch loss."""
+    training_arg = keras_private.call_has_training_arg(model)
+
+    def step(data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
-            value = loss_fn(yb, model(xb, training=True))
-            if model.losses:
-                value = value + tf.add_n(model.losses)
-        grads = tape.gradient(value, model.trainable_variables)
-        opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            y_pred = model(x, training=True) if training_arg else model(x)
+            if loss_fn is None:
+                value = keras_private.compute_loss(model, x, y, y_pred, sample_weight, True)
+            else:
+                value = loss_fn(y, y_pred)
+                if model.losses:
+                    value = value + tf.add_n(model.losses)
+            scaled = opt.scale_loss(value)
+        weights = model.trainable_weights
+        grads = tape.gradient(scaled, weights)
+        opt.apply_gradients(zip(grads, weights, strict=True))
         return value
 
-    @tf.function(reduce_retracing=True)
-    def eval_step(xv, yv):
-        pred = model(xv, training=False)
-        return loss_fn(yv, pred), pred
+    compiled = _maybe_jit(model, step)
+    return lambda data: float(compiled(data))
 
-    return train_step, eval_step
+
+def _train_step_fn(model):
+    """The model's own `train_step` (with `model.optimizer` already the clone); metrics reset
+    before each batch so the returned "loss" is that batch's."""
+    compiled = _maybe_jit(model, model.train_step)
+
+    def run(data):
+        model.reset_metrics()
+        logs = compiled(data)
+        if not isinstance(logs, dict) or "loss" not in logs:
+            keys = sorted(logs) if isinstance(logs, dict) else type(logs).__name__
+            raise ClrpipeError(
+                f"range_test: the model's train_step must return a dict with a 'loss' entry, "
+                f"got {keys}"
+            )
+        return float(logs["loss"])
+
+    return run
+
+
+def _eval_step_fn(model, loss_fn):
+    training_arg = keras_private.call_has_training_arg(model)
+
+    def step(xv, yv):
+        pred = model(xv, training=False) if training_arg else model(xv)
+        if loss_fn is None:
+            value = keras_private.compute_loss(model, xv, yv, pred, None, False)
+        else:
+            value = loss_fn(yv, pred)
+        return value, pred
+
+    return _maybe_jit(model, step)
+
+
+# Inputs -----------------------------------------------------------------------------------
+
+
+class _Arrays:
+    """Arrays (or nested structures of them): a new permutation per pass, full batches only."""
+
+    def __init__(self, x, y, batch_size, out_dim):
+        self.x = keras.tree.map_structure(_as_float, x)
+        self.y = None if y is None else _align_target(y, out_dim)
+        rows = {int(np.shape(a)[0]) for a in keras.tree.flatten(self.x)}
+        if self.y is not None:
+            rows |= {int(np.shape(a)[0]) for a in keras.tree.flatten(self.y)}
+        if len(rows) != 1:
+            raise ClrpipeError(f"x, y: expected the same number of rows in all, got {rows}")
+        n = rows.pop()
+        if batch_size is None:
+            batch_size = 32
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or \
+                not 0 < batch_size <= n:
+            raise ClrpipeError(
+                f"batch_size: expected an integer from 1 to the training rows ({n}), "
+                f"got {batch_size}"
+            )
+        self.n, self.batch_size = n, batch_size
+
+    def batches(self, rng):
+        n_batches = self.n // self.batch_size
+        order = rng.permutation(self.n)
+        step = 0
+        while True:
+            b = step % n_batches
+            if b == 0 and step:
+                order = rng.permutation(self.n)
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            xb = keras.tree.map_structure(lambda a, i=idx: a[i], self.x)
+            if self.y is None:
+                yield (xb,)
+            else:
+                yield xb, keras.tree.map_structure(lambda a, i=idx: a[i], self.y)
+            step += 1
+
+
+class _PyDataset:
+    """A `keras.utils.PyDataset`: its batches in a new random order per pass."""
+
+    def __init__(self, data):
+        self.data = data
+        self.n = len(data)
+        if not self.n:
+            raise ClrpipeError("x: the PyDataset is empty")
+
+    def batches(self, rng):
+        while True:
+            for i in rng.permutation(self.n):
+                yield _as_tuple(self.data[int(i)])
+
+
+class _TFDataset:
+    """A `tf.data.Dataset`: its own order, a fresh iterator per seed and when exhausted."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def batches(self, rng):
+        while True:
+            empty = True
+            for batch in self.data:
+                empty = False
+                yield _as_tuple(batch)
+            if empty:
+                raise ClrpipeError("x: the tf.data.Dataset is empty")
+
+
+def _as_tuple(batch):
+    return tuple(batch) if isinstance(batch, tuple | list) else (batch,)
+
+
+def _source(x, y, batch_size, out_dim):
+    if isinstance(x, tf.data.Dataset | keras.utils.PyDataset):
+        kind = "tf.data.Dataset" if isinstance(x, tf.data.Dataset) else "PyDataset"
+        if y is not None:
+            raise ClrpipeError(f"y: must be None when x is a {kind} (it yields (x, y) batches)")
+        if batch_size is not None:
+            raise ClrpipeError(f"batch_size: must be None when x is a {kind} (it is batched)")
+        return _TFDataset(x) if isinstance(x, tf.data.Dataset) else _PyDataset(x)
+    return _Arrays(x, y, batch_size, out_dim)
+
+
+def _out_dim(model) -> int | None:
+    outputs = getattr(model, "outputs", None)
+    if not outputs or len(outputs) != 1:
+        return None
+    last = outputs[0].shape[-1]
+    return int(last) if last is not None else None
+
+
+def _as_float(a):
+    a = np.asarray(a)
+    return a.astype(keras.config.floatx()) if a.dtype.kind == "f" else a
 
 
 def _clone_optimizer(opt, lr: float):
@@ -225,8 +406,11 @@ def _clone_optimizer(opt, lr: float):
     return opt.__class__.from_config(config)
 
 
-def _align_target(y: np.ndarray, out_dim: int | None) -> np.ndarray:
+def _align_target(y: Any, out_dim: int | None) -> Any:
     """Give a 1-D target the (n, 1) shape of a single-unit output so losses do not broadcast."""
+    if isinstance(y, dict | tuple) or not hasattr(y, "__len__"):
+        return y  # a structure for a multi-output model, left as the user gave it
+    y = np.asarray(y)
     if y.ndim == 1 and out_dim == 1:
         y = y[:, None]
     return y.astype(np.float32) if y.dtype.kind in "fb" or out_dim == 1 else y

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import keras
@@ -111,6 +111,7 @@ def fit(
     validation: tuple[np.ndarray, np.ndarray] | None = None,
     on_epoch: OnEpoch | None = None,
     reshuffle_seed: int | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] | keras.callbacks.CallbackList | None = None,
 ) -> History:
     """Train a compiled model as `model.fit(x, y, batch_size, epochs, shuffle=True,
     validation_data=validation)` would, `model.steps_per_execution` batches per compiled call.
@@ -120,6 +121,15 @@ def fit(
     seconds)` is called after each epoch, with the validation metrics (`val_*`) in `logs`.
     With `reshuffle_seed`, every epoch gets a new row order drawn from that seed instead of
     Keras's (one order repeated under a global seed, see `epoch_orders`).
+
+    `callbacks` are Keras callbacks, called through a `keras.callbacks.CallbackList` at the
+    points `model.fit` calls them: `on_train_begin/end`, `on_epoch_begin/end` (with the same
+    logs, `val_*` included), `on_train_batch_begin(first)` / `on_train_batch_end(first +
+    steps_per_execution - 1, logs)` once per compiled call of `steps_per_execution` batches
+    (as Keras's fit does with `steps_per_execution`; the logs are the epoch's running metrics),
+    and `on_test_*` during validation. `model.stop_training` set by a callback (EarlyStopping)
+    stops training after the current call and epoch, as in Keras. With the same callbacks the
+    weights and logs stay bit-identical to `model.fit` (tested).
     """
     if len(x) == 0 or batch_size < 1:
         raise ClrpipeError(f"fit: expected rows and a batch size of at least 1, got {len(x)} "
@@ -131,26 +141,74 @@ def fit(
     per_call = int(model.steps_per_execution)
     run = _batch_runner(model, x, y, batch_size)
     next_order = _order_source(len(x), reshuffle_seed)
+    hooks = _callback_list(callbacks, model, epochs, steps)
+    model.stop_training = False
+    hooks.on_train_begin()
+    epoch_logs = None
     for epoch in range(epochs):
         started = time.perf_counter()
         model.reset_metrics()
+        hooks.on_epoch_begin(epoch)
         order = next_order()
         for first in range(0, steps, per_call):
+            hooks.on_train_batch_begin(first)
             logs = run(order, tf.constant(first), tf.constant(min(first + per_call, steps)))
             _record_lr(history, optimizer)
             _stop_if_diverged(float(logs["loss"]), optimizer)
+            hooks.on_train_batch_end(first + per_call - 1, logs)
+            if model.stop_training:
+                break
         logs = {name: float(value) for name, value in logs.items()}
         if validation is not None:
             scores = model.evaluate(*validation, batch_size=batch_size, verbose=0,
-                                    return_dict=True)
+                                    return_dict=True, callbacks=hooks)
             logs.update({f"val_{name}": float(value) for name, value in scores.items()})
         history.epoch_seconds.append(time.perf_counter() - started)
+        hooks.on_epoch_end(epoch, logs)
+        logs = _seen_epoch_logs(hooks, logs)
+        epoch_logs = logs
         for name, value in logs.items():
             history.epochs.setdefault(name, []).append(value)
         if on_epoch is not None:
             on_epoch(epoch, logs, history.epoch_seconds[-1])
-    optimizer.finalize_variable_values(model.trainable_weights)
+        if model.stop_training:
+            break
+    if epochs > 0:
+        optimizer.finalize_variable_values(model.trainable_weights)
+    hooks.on_train_end(logs=epoch_logs)
     return history
+
+
+class _EpochLogs(keras.callbacks.Callback):
+    """Last in the list, like Keras's `History`: keeps the epoch logs as the callbacks before it
+    left them (`ReduceLROnPlateau` adds `learning_rate`, for example)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.logs = dict(logs or {})
+
+
+def _callback_list(callbacks, model, epochs: int, steps: int) -> keras.callbacks.CallbackList:
+    """The callbacks in a `CallbackList` set up as `model.fit(verbose=0)` sets up its own."""
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        return callbacks
+    return keras.callbacks.CallbackList(
+        [*(callbacks or []), _EpochLogs()], add_history=False, add_progbar=False, model=model,
+        verbose=0, epochs=epochs, steps=steps,
+    )
+
+
+def _seen_epoch_logs(hooks: keras.callbacks.CallbackList, logs: dict) -> dict:
+    last = hooks.callbacks[-1] if hooks.callbacks else None
+    if isinstance(last, _EpochLogs):
+        return {name: _number(value) for name, value in last.logs.items()}
+    return logs
+
+
+def _number(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
 
 
 def _order_source(rows: int, reshuffle_seed: int | None) -> Callable[[], tf.Tensor]:
