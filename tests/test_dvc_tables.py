@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from importlib.resources import files
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -51,7 +52,7 @@ def repo(tmp_path_factory) -> Pipeline:
     return pipeline
 
 
-def check_run(repo: Pipeline, table: str, experiment: dict | None = None) -> None:
+def check_run(repo: Pipeline, table: str, experiment: dict | None = None) -> dict:
     """Scores sane against gradient boosting, one metrics shape per task, every stage's MLflow
     run FINISHED under one pipeline parent."""
     target, task, score, margin = TABLES[table]
@@ -61,8 +62,6 @@ def check_run(repo: Pipeline, table: str, experiment: dict | None = None) -> Non
             return experiment["metrics"][f"metrics/{name}.json"]["data"]
         return repo.read_json(f"metrics/{name}.json")
 
-    prepared = metrics("prepare")
-    assert (prepared["task"], prepared["task_inferred"]) == (task, True)
     clr = metrics("train_clr")
     expected = {"binary": {"test_accuracy", "test_log_loss", "test_roc_auc"},
                 "multiclass": {"test_accuracy", "test_log_loss"},
@@ -79,10 +78,15 @@ def check_run(repo: Pipeline, table: str, experiment: dict | None = None) -> Non
     assert set(stage_runs) == TRACKED
     assert {r.info.status for r in stage_runs.values()} == {"FINISHED"}
     assert len({r.data.tags["mlflow.parentRunId"] for r in stage_runs.values()}) == 1
+    prepare_run = stage_runs["prepare"].info.run_id
+    prepared = json.loads(Path(client.download_artifacts(prepare_run, "prepare.json")).read_text())
+    assert (prepared["task"], prepared["task_inferred"]) == (task, True)
     assert stage_runs["prepare"].data.metrics["rows_in"] == prepared["rows_in"]
+    assert metrics("prepare")["rows_out"] == prepared["rows_out"]
     logged = stage_runs["train_clr"].data.metrics[f"test_{score}"]
     assert logged == pytest.approx(clr[f"test_{score}"])
     assert stage_runs["train_clr"].data.params["data.target"] == target
+    return prepared
 
 
 @pytest.mark.slow
@@ -101,18 +105,26 @@ def test_params_then_repro_runs_a_user_table(repo, table):
 @pytest.mark.slow
 def test_exp_run_with_a_table_group_and_keys(repo):
     """The same through `dvc exp run -S`: a multiclass table with text categories (island,
-    sex) and missing values, imputed and one-hot encoded on the training part. In the
-    workspace: a `--temp` or queued copy holds only git- and DVC-tracked files, and a user's
-    table becomes DVC-tracked (the fetch stage's output) after its first run."""
+    sex) and missing values, imputed and one-hot encoded on the training part. A user's table
+    is the `fetch` stage's output: once `dvc repro fetch` has put it in DVC's cache (and
+    dvc.lock is committed), `--temp` and queued experiments get it in their copies too."""
     name = "penguins"
     sets = ["data=table", "data.raw=data/raw/penguins.csv", "data.target=species", *SMALL]
-    done = repo.dvc("exp", "run", "-n", name, *[a for s in sets for a in ("-S", s)])
-    assert ran(done.stdout + done.stderr) == STAGES
+    repo.run(BIN / "clrpipe", "params", *sets)
+    repo.dvc("repro", "fetch")
+    repo.run("git", "add", "-A")
+    repo.run("git", "commit", "-q", "-m", "the penguins table, fetched")
+    done = repo.dvc("exp", "run", "--temp", "-n", name,
+                    *[a for s in sets for a in ("-S", s)])
+    assert ran(done.stdout + done.stderr) == STAGES - {"fetch"}
     experiment = find_exp(json.loads(repo.dvc("exp", "show", "--json").stdout), name)
-    check_run(repo, "penguins.csv", experiment)
-    prepared = experiment["metrics"]["metrics/prepare.json"]["data"]
+    prepared = check_run(repo, "penguins.csv", experiment)
     assert prepared["categorical"] == ["island", "sex"]
     assert prepared["missing"]["sex"] == 11
+    client = MlflowClient(f"sqlite:///{repo.root / 'mlflow.db'}")
+    (split_run,) = [r for r in all_runs(client, "tags.`clrpipe.stage` = 'split'")
+                    if r.data.params.get("data.raw") == "data/raw/penguins.csv"]
+    assert split_run.data.metrics["features"] == 14  # 5 numbers, 4 gap flags, 3 + 2 one-hot
 
 
 @pytest.mark.parametrize(

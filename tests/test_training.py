@@ -9,9 +9,10 @@ import pytest
 
 from clrpipe import keras_private, schedules, training
 from clrpipe.errors import ClrpipeError
-from clrpipe.model import ModelParams, build_model
+from clrpipe.model import build_model
+from clrpipe.params import BuiltinModel
 
-PARAMS = ModelParams(units=[16, 8])
+PARAMS = BuiltinModel(units=[16, 8])
 ROWS = 1003  # batch 32 leaves a short last batch of 11 rows
 
 
@@ -47,7 +48,7 @@ def clrpipe_fit(data, batch_size, learning_rate, steps_per_execution, epochs=3, 
     return model, history
 
 
-REGULARIZED = ModelParams(units=[16, 8], dropout=0.2, l2=1e-3)
+REGULARIZED = BuiltinModel(units=[16, 8], dropout=0.2, l2=1e-3)
 
 
 @pytest.mark.parametrize(

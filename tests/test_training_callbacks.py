@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from clrpipe import training
-from clrpipe.model import ModelParams, build_model
+from clrpipe.model import build_model
+from clrpipe.params import BuiltinModel
 
-PARAMS = ModelParams(units=[16, 8], dropout=0.2)
+PARAMS = BuiltinModel(units=[16, 8], dropout=0.2)
 ROWS = 1003  # batch 32: 32 batches, the last of 11 rows
 
 

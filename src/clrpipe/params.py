@@ -25,6 +25,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -611,7 +612,9 @@ def parse(model: type[ModelT], values: Any, where: str = "", prefix: str = "") -
     """`model` validated from `values`; a failure is one ClrpipeError line naming the dotted
     key under `where` (e.g. `range_test.min_lr: expected > 0, got 0`), after `prefix`."""
     try:
-        return model.model_validate(values)
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            return model.model_validate(values)
+        return TypeAdapter(model).validate_python(values)  # a union: ModelParams, DataParams
     except ValidationError as err:
         raise ClrpipeError(prefix + describe(err, where)) from None
 
