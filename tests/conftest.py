@@ -167,3 +167,17 @@ def killable_mlflow_server(tmp_path_factory) -> KillableServer:
     finally:
         handle.kill()
         log.close()
+
+
+@pytest.fixture(autouse=True)
+def _tracking_environment_restored():
+    """`mlflow.set_tracking_uri` exports $MLFLOW_TRACKING_URI: a test that calls it (to load a
+    model from a server) must not send later tests' stages to that server."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")
+    before = {name: os.environ.get(name) for name in names}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

@@ -18,9 +18,9 @@ from sklearn.linear_model import LogisticRegression
 
 from clrpipe import cli, data, download
 from clrpipe.errors import ClrpipeError
-from clrpipe.params import DataParams
+from clrpipe.params import CardioData
 
-OUTPUTS = ("data/prepared/cardio.parquet", "metrics/prepare.json")
+OUTPUTS = ("data/prepared/table.parquet", "metrics/prepare.json")
 SAMPLE_ROWS = 3000
 
 
@@ -234,7 +234,7 @@ def test_download_with_wrong_checksum_is_refused(project, sample_lines):
     folder = project / "download"
     folder.mkdir()
     (folder / "cardio_train.csv").write_bytes(join(columns(sample_lines)))
-    source = DataParams(
+    source = CardioData(
         raw=Path("data/raw/cardio.csv"),
         kaggle_dataset="sulianova/cardiovascular-disease-dataset",
         kaggle_file="cardio_train.csv",
@@ -243,7 +243,7 @@ def test_download_with_wrong_checksum_is_refused(project, sample_lines):
     with pytest.raises(ClrpipeError, match=r"does not match data\.sha256 0000"):
         download.fetch_raw(source, download=lambda dataset: folder)
     assert not source.raw.exists()
-    right = DataParams(**{**source.model_dump(), "sha256": _sha(folder)})
+    right = CardioData(**{**source.model_dump(), "sha256": _sha(folder)})
     download.fetch_raw(right, download=lambda dataset: folder)
     assert right.raw.read_bytes() == (folder / "cardio_train.csv").read_bytes()
 
@@ -282,7 +282,7 @@ def test_split_is_stratified_and_scaled_on_train_only(real_split):
     np.testing.assert_allclose(train[features].mean(), 0, atol=1e-4)
     np.testing.assert_allclose(train[features].std(ddof=0), 1, atol=1e-3)
     assert np.abs(test[features].mean()).max() > 1e-3
-    prepared = pd.read_parquet(real_split / "data/prepared/cardio.parquet")
+    prepared = pd.read_parquet(real_split / "data/prepared/table.parquet")
     raw_train_mean = (train[features] * scaler["scale"] + scaler["mean"]).mean()
     assert raw_train_mean["ap_hi"] == pytest.approx(scaler["mean"][features.index("ap_hi")])
     assert raw_train_mean["ap_hi"] != pytest.approx(prepared["ap_hi"].mean(), abs=1e-6)
@@ -459,7 +459,7 @@ def test_a_table_too_small_to_split_is_refused_at_split_in_one_line(project, sam
     result = CliRunner().invoke(cli.main, ["split"])
     assert result.exit_code == 1
     assert result.stderr == (
-        "error: data/prepared/cardio.parquet: too few rows to split (5 rows: 3 of class 0, 2 of "
+        "error: data/prepared/table.parquet: too few rows to split (5 rows: 3 of class 0, 2 of "
         "class 1); a stratified split with split.test_size=0.2 needs at least 5 rows of each "
         "'cardio' class (10 in all) so that train and test both get both classes\n"
     )
@@ -489,11 +489,11 @@ def test_the_split_minimum_is_exact_at_the_boundary(
 
 def test_split_refuses_a_prepared_file_that_is_not_parquet(project):
     Path("data/prepared").mkdir(parents=True)
-    Path("data/prepared/cardio.parquet").write_text("not parquet\n")
+    Path("data/prepared/table.parquet").write_text("not parquet\n")
     result = CliRunner().invoke(cli.main, ["split"])
     assert result.exit_code == 1
     line = result.stderr.strip()
     assert "\n" not in line
-    assert line.startswith("error: data/prepared/cardio.parquet: not a readable Parquet table (")
+    assert line.startswith("error: data/prepared/table.parquet: not a readable Parquet table (")
     assert line.endswith("); rerun `clrpipe prepare`")
     assert not Path("data/split").exists()
