@@ -70,11 +70,9 @@ def trained_project(real_split: Path, tmp_path: Path, monkeypatch: pytest.Monkey
     return tmp_path
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory) -> str:
-    """A real `mlflow server` on a free 127.0.0.1 port: SQLite backend, proxied artifact store
-    in tmp. One per test module; it is stopped (SIGTERM, then SIGKILL) when the module ends."""
-    root = tmp_path_factory.mktemp("mlflow_server")
+def _start_mlflow_server(root: Path) -> tuple[str, subprocess.Popen, object]:
+    """A real `mlflow server` on a free 127.0.0.1 port in its own session (SQLite backend and
+    proxied artifacts in `root`), once its /health answers: (url, process, log file)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -89,12 +87,22 @@ def mlflow_server(tmp_path_factory) -> str:
         ],
         cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
+    deadline = time.monotonic() + 300
+    while not _healthy(url):
+        if server.poll() is not None or time.monotonic() > deadline:
+            os.killpg(server.pid, signal.SIGKILL)
+            log.close()
+            pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()}")
+        time.sleep(0.5)
+    return url, server, log
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory) -> str:
+    """A real `mlflow server` on a free 127.0.0.1 port: SQLite backend, proxied artifact store
+    in tmp. One per test module; it is stopped (SIGTERM, then SIGKILL) when the module ends."""
+    url, server, log = _start_mlflow_server(tmp_path_factory.mktemp("mlflow_server"))
     try:
-        deadline = time.monotonic() + 300
-        while not _healthy(url):
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()}")
-            time.sleep(0.5)
         yield url
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -142,27 +150,9 @@ def killable_mlflow_server(tmp_path_factory) -> KillableServer:
     """Like `mlflow_server`, but one per test and its own to kill (`.kill()`): the SQLite
     backend stays in `.root / "mlflow.db"` after the server is gone."""
     root = tmp_path_factory.mktemp("killable_server")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    log = (root / "server.log").open("w")
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("mlflow")), "server",
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination", str(root / "artifacts"),
-            "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1], "--workers", "1",
-        ],
-        cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )
+    url, server, log = _start_mlflow_server(root)
     handle = KillableServer(url, root, server)
     try:
-        deadline = time.monotonic() + 300
-        while not _healthy(url):
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()}")
-            time.sleep(0.5)
         yield handle
     finally:
         handle.kill()
@@ -181,3 +171,17 @@ def _tracking_environment_restored():
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+FIT_ROWS = 1003  # batch 32 leaves a short last batch of 11 rows
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Rows for training-loop identity tests: (x, y, x_val, y_val), FIT_ROWS of them to fit."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(FIT_ROWS + 200, 5)).astype("float32")
+    y = (x[:, 0] + 0.5 * x[:, 1] + rng.normal(scale=0.7, size=len(x)) > 0).astype("float32")
+    return x[:FIT_ROWS], y[:FIT_ROWS], x[FIT_ROWS:], y[FIT_ROWS:]

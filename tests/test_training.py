@@ -11,17 +11,9 @@ from clrpipe import keras_private, schedules, training
 from clrpipe.errors import ClrpipeError
 from clrpipe.model import build_model
 from clrpipe.params import BuiltinModel
+from tests.conftest import FIT_ROWS as ROWS
 
 PARAMS = BuiltinModel(units=[16, 8])
-ROWS = 1003  # batch 32 leaves a short last batch of 11 rows
-
-
-@pytest.fixture(scope="module")
-def data():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(ROWS + 200, 5)).astype("float32")
-    y = (x[:, 0] + 0.5 * x[:, 1] + rng.normal(scale=0.7, size=len(x)) > 0).astype("float32")
-    return x[:ROWS], y[:ROWS], x[ROWS:], y[ROWS:]
 
 
 def triangular():

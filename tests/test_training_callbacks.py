@@ -12,15 +12,6 @@ from clrpipe.model import build_model
 from clrpipe.params import BuiltinModel
 
 PARAMS = BuiltinModel(units=[16, 8], dropout=0.2)
-ROWS = 1003  # batch 32: 32 batches, the last of 11 rows
-
-
-@pytest.fixture(scope="module")
-def data():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(ROWS + 200, 5)).astype("float32")
-    y = (x[:, 0] + 0.5 * x[:, 1] + rng.normal(scale=0.7, size=len(x)) > 0).astype("float32")
-    return x[:ROWS], y[:ROWS], x[ROWS:], y[ROWS:]
 
 
 class Recorder(keras.callbacks.Callback):
