@@ -62,6 +62,7 @@ __all__ = [
     "RunParams",
     "ScheduleParams",
     "Section",
+    "SplitDir",
     "SplitParams",
     "TableData",
     "TrackingParams",
@@ -215,6 +216,12 @@ class PrepareParams(Section):
 
     output: Path
     report: Path
+
+
+class SplitDir(Reads):
+    """The `split.dir` key alone: where the training stages read the split from."""
+
+    dir: Path
 
 
 class SplitParams(Section):

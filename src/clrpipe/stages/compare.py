@@ -22,14 +22,10 @@ from omegaconf import DictConfig
 from clrpipe import compare, config, parallel, plots, tracking
 from clrpipe.compare import HGB
 from clrpipe.outputs import atomic_outputs
-from clrpipe.params import CompareParams, ModelParams, Reads, TrainCommon
+from clrpipe.params import CompareParams, ModelParams, Reads, SplitDir, TrainCommon
 from clrpipe.trial import load_split, range_test_bounds, split_arrays
 
 __all__ = ["STAGES", "CompareReads", "run"]
-
-
-class _Split(Reads):
-    dir: Path
 
 
 class _Target(Reads):
@@ -43,7 +39,7 @@ class CompareReads(Reads):
     data: _Target
     model: ModelParams
     train: TrainCommon
-    split: _Split
+    split: SplitDir
 
 
 STAGES = {"compare": CompareReads}

@@ -26,7 +26,7 @@ from clrpipe import config, plots, tracking, training
 from clrpipe.errors import ClrpipeError
 from clrpipe.model import build_model
 from clrpipe.outputs import atomic_outputs
-from clrpipe.params import PARAMS_FILE, ModelParams, RangeTestParams, Reads
+from clrpipe.params import PARAMS_FILE, ModelParams, RangeTestParams, Reads, SplitDir
 from clrpipe.range_test import RangeTestResult
 from clrpipe.range_test_runner import run_range_test
 from clrpipe.trial import arrays, load_split, stratify
@@ -44,17 +44,13 @@ class _Train(Reads):
     clr: _ClrBatch
 
 
-class _Split(Reads):
-    dir: Path
-
-
 class RangeTestReads(Reads):
     """What `range_test` reads from params.yaml."""
 
     range_test: RangeTestParams
     model: ModelParams
     train: _Train
-    split: _Split
+    split: SplitDir
 
 
 STAGES = {"range_test": RangeTestReads}

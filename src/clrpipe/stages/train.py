@@ -26,14 +26,11 @@ from clrpipe.params import (
     Reads,
     RunParams,
     ScheduleParams,
+    SplitDir,
     TrainCommon,
 )
 
 __all__ = ["STAGES", "BaselineReads", "ClrReads", "run"]
-
-
-class _Split(Reads):
-    dir: Path
 
 
 class _BaselineTrain(TrainCommon):
@@ -49,7 +46,7 @@ class BaselineReads(Reads):
 
     model: ModelParams
     train: _BaselineTrain
-    split: _Split
+    split: SplitDir
 
 
 class ClrReads(BaselineReads):
