@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
-STAGE_MODULES = ("fetch", "prepare", "split", "range_test", "train", "compare")
+STAGE_MODULES = ("fetch", "prepare", "split", "range_test", "train", "compare", "champion")
 ALWAYS = ("uv.lock",)
 
 

@@ -70,6 +70,50 @@ def compare(overrides: tuple[str, ...]) -> None:
     _run("compare", overrides)
 
 
+@main.command()
+@OVERRIDES
+def champion(overrides: tuple[str, ...]) -> None:
+    """Point the registry alias `champion` at the better trained model (validation score)."""
+    _run("champion", overrides)
+
+
+@main.command()
+@click.option("--version", "version", metavar="N", help="The registered version to serve.")
+@click.option("--run", "run_id", metavar="RUN_ID", help="The version this training run registered.")
+@click.option("--name", metavar="NAME", help="Registered model (default: registry.name).")
+@OVERRIDES
+def promote(version: str | None, run_id: str | None, name: str | None,
+            overrides: tuple[str, ...]) -> None:
+    """Move the alias `champion` to another version of the registered model, by hand."""
+    from clrpipe import registry
+
+    _guarded(lambda: registry.promote_command(overrides, version, run_id, name))
+
+
+@main.command()
+@click.option("--model", "model_uri", required=True, metavar="URI",
+              help="The serving model, e.g. models:/clrpipe-cardio@champion.")
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.argument("output_path", metavar="OUTPUT", type=click.Path(path_type=Path))
+@OVERRIDES
+def predict(model_uri: str, input_path: Path, output_path: Path,
+            overrides: tuple[str, ...]) -> None:
+    """Score the raw rows of INPUT (CSV/TSV/Parquet) -> OUTPUT (.csv or .parquet)."""
+    from clrpipe import serving
+
+    _guarded(lambda: serving.predict_file(overrides, model_uri, input_path, output_path))
+
+
+def _guarded(call) -> None:
+    """Run a command's body: a ClrpipeError is its one line on stderr and exit code 1."""
+    try:
+        with _sigterm_interrupts(), _quiet_tensorflow_start():
+            call()
+    except ClrpipeError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+
+
 def _run(stage: str, overrides: tuple[str, ...], *args: str) -> None:
     """Load and validate the whole config (before TensorFlow or MLflow is imported, so a
     config error is one fast line), then run `clrpipe.stages.<stage>.run(cfg, *args)`."""
@@ -171,7 +215,11 @@ def params(overrides: tuple[str, ...]) -> None:
               help="bench/benchmark.py --json output of the same run (bench.* checks).")
 @click.option("--against", metavar="REV",
               help="Compare the workspace with a git revision via `dvc metrics diff`.")
-def gate(reference: Path | None, metrics_dir: Path, bench: Path | None, against: str | None):
+@click.option("--promote", is_flag=True,
+              help="On a pass, move the registry alias `champion` to the version in "
+                   "<metrics-dir>/champion.json.")
+def gate(reference: Path | None, metrics_dir: Path, bench: Path | None, against: str | None,
+         promote: bool):
     """Check metrics against references (or a git revision); exit 1 with a table on regression."""
     from clrpipe import gate as core
 
@@ -183,3 +231,7 @@ def gate(reference: Path | None, metrics_dir: Path, bench: Path | None, against:
     click.echo(report)
     if not passed:
         sys.exit(1)
+    if promote:
+        from clrpipe import registry
+
+        _guarded(lambda: registry.promote_recorded(metrics_dir / "champion.json"))

@@ -68,10 +68,13 @@ __all__ = [
     "check_splittable",
     "decode_text",
     "drop_duplicates",
+    "features",
+    "implausible",
     "not_utf8_text",
     "parse_csv",
     "prepare",
     "repair",
+    "repair_values",
     "split_minimum",
     "validate",
 ]
@@ -330,6 +333,21 @@ def repair(frame: pd.DataFrame, limits: Limits) -> tuple[pd.DataFrame, dict[str,
     df, same_row, same_id = drop_duplicates(frame)
     report["dropped_duplicate_row"] = same_row
     report["dropped_duplicate_id"] = same_id
+    df, counts = repair_values(df, limits)
+    report.update(counts)
+    dropped = pd.Series(False, index=df.index)
+    for name, mask in implausible(df, limits).items():
+        report[name] = int((mask & ~dropped).sum())
+        dropped |= mask
+    report["rows_dropped"] = same_row + same_id + int(dropped.sum())
+    report["rows_out"] = int((~dropped).sum())
+    return df.loc[~dropped].reset_index(drop=True), report
+
+
+def repair_values(df: pd.DataFrame, limits: Limits) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Repair rules 2-5 on the blood pressures of `df` (changed in place and returned), with a
+    count for each; no row is dropped (the serving model uses this row by row too)."""
+    report: dict[str, int] = {}
     for column in ("ap_hi", "ap_lo"):
         low, high = getattr(limits, column)
         values = df[column].to_numpy(dtype=float)
@@ -349,9 +367,14 @@ def repair(frame: pd.DataFrame, limits: Limits) -> tuple[pd.DataFrame, dict[str,
     swapped = df["ap_lo"] > df["ap_hi"]
     report["ap_lo_above_ap_hi_swapped"] = int(swapped.sum())
     df.loc[swapped, ["ap_hi", "ap_lo"]] = df.loc[swapped, ["ap_lo", "ap_hi"]].to_numpy()
+    return df, report
 
+
+def implausible(df: pd.DataFrame, limits: Limits) -> dict[str, pd.Series]:
+    """Repair rule 6: for each reason, in order, the repaired rows it drops (a row counts
+    for its first failing reason)."""
     bmi = _bmi(df)
-    reasons = {
+    return {
         "dropped_ap_hi_out_of_range": ~df["ap_hi"].between(*limits.ap_hi),
         "dropped_ap_lo_out_of_range": ~df["ap_lo"].between(*limits.ap_lo),
         "dropped_zero_pulse_pressure": df["ap_hi"] <= df["ap_lo"],
@@ -359,13 +382,6 @@ def repair(frame: pd.DataFrame, limits: Limits) -> tuple[pd.DataFrame, dict[str,
         "dropped_weight_out_of_range": ~df["weight"].between(*limits.weight),
         "dropped_bmi_out_of_range": ~bmi.between(*limits.bmi),
     }
-    dropped = pd.Series(False, index=df.index)
-    for name, mask in reasons.items():
-        report[name] = int((mask & ~dropped).sum())
-        dropped |= mask
-    report["rows_dropped"] = same_row + same_id + int(dropped.sum())
-    report["rows_out"] = int((~dropped).sum())
-    return df.loc[~dropped].reset_index(drop=True), report
 
 
 def drop_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
@@ -407,13 +423,20 @@ def _bmi(df: pd.DataFrame) -> pd.Series:
 
 
 def add_features(df: pd.DataFrame) -> pd.DataFrame:
-    """Model inputs (`FEATURES`) plus the target, from a repaired table.
+    """Model inputs (`FEATURES`) plus the target, from a repaired table."""
+    out = features(df)
+    out[TARGET] = df[TARGET].astype("int8").to_numpy()
+    return out
+
+
+def features(df: pd.DataFrame) -> pd.DataFrame:
+    """Model inputs (`FEATURES`, float32) from repaired rows; no target needed.
 
     Age in years and BMI follow the article's domain; pulse pressure and mean arterial pressure
     are the two blood-pressure summaries cardiology uses, and give a linear model what it cannot
     build from ap_hi and ap_lo alone.
     """
-    out = pd.DataFrame(
+    return pd.DataFrame(
         {
             "age_years": df["age"] / 365.25,
             "male": (df["gender"] == 2).astype(int),
@@ -431,8 +454,6 @@ def add_features(df: pd.DataFrame) -> pd.DataFrame:
             "active": df["active"],
         }
     ).astype("float32")
-    out[TARGET] = df[TARGET].astype("int8").to_numpy()
-    return out
 
 
 def prepare(raw: bytes, source: str, limits: Limits) -> tuple[pd.DataFrame, dict, list[str]]:

@@ -59,6 +59,8 @@ __all__ = [
     "RangeTestParams",
     "RayParams",
     "Reads",
+    "RegistryName",
+    "RegistryParams",
     "RunParams",
     "ScheduleParams",
     "Section",
@@ -537,6 +539,41 @@ class TrackingParams(Section):
     enabled: bool = True
 
 
+# --- registry -------------------------------------------------------------------------------------
+
+
+class RegistryParams(Section):
+    """`registry:` the name the training stages register their serving models under
+    (`{dataset}` is the split's dataset name: `clrpipe-cardio`), and whether the `champion`
+    stage moves the alias `champion` itself (false: only `clrpipe gate --promote` or
+    `clrpipe promote` do)."""
+
+    name: str = "clrpipe-{dataset}"
+    promote: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[\w.-]+", value.replace("{dataset}", "x")):
+            raise ValueError(f"expected letters, digits, '_', '.', '-' and {{dataset}}, "
+                             f"got {value!r}")
+        return value
+
+    def model_name(self, dataset: str) -> str:
+        """The registered model's name for the dataset `dataset`."""
+        return self.name.replace("{dataset}", dataset)
+
+
+class RegistryName(Reads):
+    """The `registry.name` key alone: what the training stages register under."""
+
+    name: str
+
+    def model_name(self, dataset: str) -> str:
+        """The registered model's name for the dataset `dataset`."""
+        return self.name.replace("{dataset}", dataset)
+
+
 # --- compare --------------------------------------------------------------------------------------
 
 
@@ -608,6 +645,7 @@ class Params(Section):
     compare: CompareParams
     prepare: PrepareParams
     split: SplitParams
+    registry: RegistryParams = RegistryParams()
 
 
 # --- errors -------------------------------------------------------------------------------------

@@ -16,14 +16,16 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from clrpipe import config, legacy, plots, schedules, tracking, trial
+from clrpipe import config, legacy, plots, schedules, serving, tracking, trial
 from clrpipe.errors import ClrpipeError
 from clrpipe.outputs import atomic_outputs
 from clrpipe.params import (
     PARAMS_FILE,
     ConstantSchedule,
+    DataParams,
     ModelParams,
     Reads,
+    RegistryName,
     RunParams,
     ScheduleParams,
     SplitDir,
@@ -47,6 +49,8 @@ class BaselineReads(Reads):
     model: ModelParams
     train: _BaselineTrain
     split: SplitDir
+    data: DataParams  # the serving model's raw-row checks (cardio's repair limits)
+    registry: RegistryName
 
 
 class ClrReads(BaselineReads):
@@ -113,6 +117,10 @@ def run(cfg: DictConfig, variant: str) -> dict:
         with atomic_outputs(*outputs.values()) as temps:
             tmp = dict(zip(outputs, temps, strict=True))
             done.model.save(tmp["model"])
+            if tracked.active:  # the pyfunc taking raw rows, registered
+                metrics.update(serving.log_serving_model(
+                    tmp["model"], serving.fitted_preprocessing(p.split.dir, p.data),
+                    p.registry.model_name(dataset.name), dataset.name, stage))
             tmp["metrics"].write_text(json.dumps(metrics, indent=2) + "\n")
             pd.DataFrame(history.epochs).assign(
                 epoch=range(1, run_params.epochs + 1), seconds=history.epoch_seconds
