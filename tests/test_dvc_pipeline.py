@@ -302,7 +302,7 @@ def test_exp_run_set_composes_params_and_reaches_code_and_mlflow(pipeline):
             "-S", "schedule=triangular2", "-S", "train.clr.epochs=3",
         )
         expected = dependents(root, "train.clr.epochs") | dependents(root, "schedule.policy")
-        assert ran(done.stdout + done.stderr) == expected == {"train_clr"}
+        assert ran(done.stdout + done.stderr) == expected == {"train_clr", "champion"}
         assert (root / "params.yaml").read_text() == workspace_params
 
         shown = json.loads(pipeline.dvc("exp", "show", "--json").stdout)

@@ -92,8 +92,9 @@ class ServingModel(mlflow.pyfunc.PythonModel):
         width = 1 if self._preprocessing.regression or len(self._preprocessing.classes) == 2 \
             else len(self._preprocessing.classes)
         output = np.full((len(x), width), np.nan)
-        if kept.any():
-            output[kept] = np.asarray(self._network.predict_on_batch(x[kept]), dtype=np.float64)
+        if kept.any():  # a direct call: no tf.function retraced for each new request size
+            found = self._network(x[kept], training=False)
+            output[kept] = np.asarray(found, dtype=np.float64).reshape(int(kept.sum()), width)
         return self._preprocessing.predictions(output, rejected)
 
 
