@@ -100,10 +100,14 @@ def test_clr_run_is_tracked_completely(clr_run):
         assert inputs[f"cardio_{name}"].digest == full.digest
 
     mlflow.set_tracking_uri(f"sqlite:///{clr_run / 'mlflow.db'}")
-    (logged,) = mlflow.search_logged_models(
-        experiment_ids=[run.info.experiment_id], output_format="list"
-    )
-    assert logged.source_run_id == run.info.run_id
+    found = {m.name: m for m in mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], output_format="list")}
+    assert set(found) == {"model", "serving"}  # the Keras network; the raw-row pyfunc
+    logged = found["model"]
+    assert {m.source_run_id for m in found.values()} == {run.info.run_id}
+    metrics = json.loads(Path("metrics/train_clr.json").read_text())
+    assert metrics["serving_model_uri"] == f"models:/{found['serving'].model_id}"
+    assert (metrics["registered_model"], metrics["model_version"]) == ("clrpipe-cardio", "1")
     loaded = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
     assert loaded.metadata.signature is not None
     test = pd.read_parquet("data/split/test.parquet")
