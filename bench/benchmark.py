@@ -19,7 +19,10 @@ Measures, with the minimum and median over `--repeats`:
   a temporary directory) against off;
 - range_test: the `range_test` stage with the project's default settings;
 - pipeline (not with --quick): `dvc repro --force train_baseline train_clr` in a temporary copy
-  of the project against `bench/article_script.py` (the article's flow in one file).
+  of the project against `bench/article_script.py` (the article's flow in one file);
+- serving (not with --quick; `--serving-only` for it alone): one served 1-row request to the
+  registered pyfunc against a Keras model with the preprocessing as layers, and `clrpipe
+  predict` on the raw table (`bench/serving_bench.py`).
 
 Nothing in the project directory is modified: stages run in temporary copies. `--quick` (for CI)
 measures only the epoch ratio (clrpipe's setting) and the range-test stage.
@@ -54,6 +57,8 @@ from clrpipe.params import ModelParams, SplitParams, TrainParams
 from clrpipe.trial import load_split, split_arrays
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving_bench import markdown as serving_markdown
+from serving_bench import measure_serving
 from worktree import RUN_ENV, copy_worktree, tool_env
 
 HERE = Path(__file__).resolve().parent
@@ -459,6 +464,8 @@ def markdown(results: dict) -> str:
             f"| {pipe['dvc_repro_s']['median']:.1f} s / {pipe['article_script_s']['median']:.1f} s"
             f" | {pipe['ratio']['min']:.2f} / {pipe['ratio']['median']:.2f} | |"
         )
+    if results.get("serving"):
+        rows += serving_markdown(results["serving"])
     if rows:
         lines += ["| measurement | seconds (min / median) | ratio (min / median) | target |",
                   "|---|---|---|---|", *rows, ""]
@@ -492,6 +499,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--tf-threads", type=int, help="limit TensorFlow to this many threads")
     parser.add_argument("--epoch-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serving-only", action="store_true",
+                        help="only the served request and `clrpipe predict` measurements")
     args = parser.parse_args(argv)
     if args.tf_threads:
         training.limit_threads(args.tf_threads)
@@ -501,6 +510,13 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"{project}/data/split/train.parquet: not found; run the split stage first")
 
     results: dict = {"machine": machine(), "repeats": repeats, "quick": args.quick}
+    if args.serving_only:
+        with tempfile.TemporaryDirectory(prefix="clrpipe-bench-") as folder:
+            results["serving"] = measure_serving(project, args.csv.resolve(), Path(folder), log)
+        print(markdown(results))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        return results
     log("epoch timing ...")
     results["epoch"] = measure_epoch(project, repeats, args.quick, log)
     own_model = config.section(config.load(params_file=project / "params.yaml"), "model",
@@ -535,6 +551,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.quick:
         log("dvc repro vs article script ...")
         results["pipeline"] = measure_pipeline(project, args.csv.resolve(), repeats, log)
+        with tempfile.TemporaryDirectory(prefix="clrpipe-bench-") as folder:
+            results["serving"] = measure_serving(project, args.csv.resolve(), Path(folder), log)
     print(markdown(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

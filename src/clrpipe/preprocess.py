@@ -59,9 +59,12 @@ def _numbers(values: pd.Series, column: str, allow_missing: bool) -> np.ndarray:
     """A request column as floats, or one line naming the column and its first bad value."""
     if pd.api.types.is_bool_dtype(values.dtype):
         return values.to_numpy(dtype=float)
-    text = values.map(lambda v: v.strip() if isinstance(v, str) else v)
-    missing = text.isna().to_numpy() | text.map(
-        lambda v: isinstance(v, str) and v.lower() in data.MISSING_TOKENS).to_numpy()
+    if pd.api.types.is_numeric_dtype(values.dtype):  # numbers already: only gaps to find
+        text, missing = values, values.isna().to_numpy()
+    else:
+        text = values.map(lambda v: v.strip() if isinstance(v, str) else v)
+        missing = text.isna().to_numpy() | text.map(
+            lambda v: isinstance(v, str) and v.lower() in data.MISSING_TOKENS).to_numpy()
     if missing.any() and not allow_missing:
         row, count = _rows(missing)
         raise ClrpipeError(f"column '{column}' has {count} missing value(s) (first in data row "
