@@ -343,3 +343,55 @@ def test_a_table_with_categories_and_gaps_is_served_and_scored(tmp_path, monkeyp
     assert done.exit_code == 1 and not Path("bad_scored.csv").exists()
     assert done.output == ("error: bad.csv: column 'bill_length_mm' expected numbers, got "
                            "'long' (first in data row 4) in 1 row(s)\n")
+
+
+def test_champion_stage_without_tracking_records_its_choice_and_refuses_missing_metrics(project):
+    metrics = project / "metrics"
+    metrics.mkdir()
+    for stage, score in (("train_baseline", 0.73), ("train_clr", 0.74)):
+        (metrics / f"{stage}.json").write_text(json.dumps({"final_val_accuracy": score}))
+    done = invoke("champion", "tracking.enabled=false")
+    assert done.exit_code == 0, done.output
+    assert done.output == ("champion: train_clr (final_val_accuracy 0.7400); alias not moved "
+                           "-> metrics/champion.json\n")
+    chosen = json.loads((metrics / "champion.json").read_text())
+    assert (chosen["stage"], chosen["promoted"], chosen["model_version"]) == \
+        ("train_clr", False, None)
+    assert chosen["candidates"] == {"train_baseline": 0.73, "train_clr": 0.74}
+    (metrics / "champion.json").unlink()
+    (metrics / "train_clr.json").unlink()
+    done = invoke("champion", "tracking.enabled=false")
+    assert done.exit_code == 1
+    assert done.output == ("error: metrics/train_clr.json: not found; run `clrpipe train clr` "
+                           "first\n")
+    assert not (metrics / "champion.json").exists()
+
+
+@pytest.mark.parametrize("task", ["binary", "regression"])
+def test_table_preprocessing_names_classes_and_decodes_regression(task):
+    """The pure core on a small table: a text column with a gap, a numeric one with a gap;
+    binary probabilities named by label, regression answers in the target's units."""
+    from clrpipe import tables
+    from clrpipe.errors import ClrpipeError
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"size": rng.normal(10, 2, 40), "colour": rng.choice(["red", "blue"], 40)})
+    frame.loc[3, "size"], frame.loc[4, "colour"] = np.nan, None
+    frame["y"] = rng.choice(["no", "yes"], 40) if task == "binary" else rng.normal(100, 15, 40)
+    schema = tables.TableSchema("y", task, False, ("size",), ("colour",),
+                                ("no", "yes") if task == "binary" else None)
+    fitted = preprocess.TablePreprocessing(tables.Preprocessor.fit(frame, schema, "impute"))
+    x, rejected = fitted.features(frame.drop(columns=["y"]).astype({"size": object}))
+    expected, _ = fitted.fitted.transform(frame)
+    np.testing.assert_allclose(x, expected)
+    assert rejected == [None] * 40
+    out = fitted.predictions(np.full((40, 1), 0.25), rejected)
+    if task == "binary":
+        assert list(out.columns) == ["probability_no", "probability_yes", "prediction"]
+        assert out.probability_yes.tolist() == [0.25] * 40 and set(out.prediction) == {"no"}
+    else:
+        y = frame.y.to_numpy()
+        np.testing.assert_allclose(out.prediction, 0.25 * y.std() + y.mean())
+    with pytest.raises(ClrpipeError, match=r"^column 'size' expected numbers, got 'big' "
+                                           r"\(first in data row 2\) in 1 row\(s\)$"):
+        fitted.features(pd.DataFrame({"size": ["1", "big"], "colour": ["red", "red"]}))
