@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -163,10 +165,11 @@ def measure_serving(project: Path, csv: Path, workdir: Path, log=print) -> dict:
         got = np.asarray(layered(one)).reshape(-1)
         assert np.allclose(expected, got, atol=1e-5), (expected, got)
         keras_pyfunc = mlflow.pyfunc.load_model(layered_info.model_uri)
-        found = {
-            "in_process_ms": {"pyfunc": in_process_ms(pyfunc.predict, frame),
-                              "keras_layers": in_process_ms(keras_pyfunc.predict, one)},
-        }
+        with contextlib.redirect_stdout(io.StringIO()):  # the Keras flavor's progress bars
+            found = {
+                "in_process_ms": {"pyfunc": in_process_ms(pyfunc.predict, frame),
+                                  "keras_layers": in_process_ms(keras_pyfunc.predict, one)},
+            }
         bodies = {"pyfunc": json.dumps({"dataframe_split": frame.to_dict(orient="split")}),
                   "keras_layers": json.dumps({"inputs": one.tolist()})}
         served = {}
