@@ -10,7 +10,8 @@ input example and registers it.
 
 Why a pyfunc and not a Keras model with preprocessing layers: the validation and repair rules
 are row-wise pandas/numpy code with one-line errors, which layers cannot raise, and on one
-request the pyfunc answered in about a third of the time (`bench/benchmark.py`, `serving`).
+request the pyfunc answered in about a fifth of the time (`bench/benchmark.py --serving-only`;
+docs/serving.md).
 
 The signature lists the raw columns, numbers as `double` and categories as `string`, all
 optional: MLflow enforces a signature before the model sees a request, and its error for a
