@@ -35,10 +35,10 @@ def register(client: MlflowClient, name: str, model_uri: str, run_id: str, model
     """A new version of `name` (created if needed) from the logged model; its number."""
     try:
         try:
-            client.get_registered_model(name)
-        except MlflowException:
             client.create_registered_model(name, description="clrpipe serving models: raw "
                                            "rows in, predictions out")
+        except MlflowException:  # it exists (made earlier, or by a parallel stage just now)
+            client.get_registered_model(name)
         version = client.create_model_version(name, model_uri, run_id=run_id,
                                               tags={STAGE_TAG: stage}, model_id=model_id)
     except MlflowException as err:
