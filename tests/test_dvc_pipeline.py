@@ -278,7 +278,8 @@ def test_one_param_reruns_exactly_its_dependents(pipeline):
     try:
         set_conf(root, "schedule.step_size_epochs", 1)
         pipeline.run(BIN / "clrpipe", "params")
-        assert set(pipeline.status()) == expected
+        # champion's deps (the training metrics) change only once train_clr has rerun
+        assert set(pipeline.status()) == expected - {"champion"}
         done = pipeline.dvc("repro")
         assert ran(done.stdout + done.stderr) == expected
         assert pipeline.params()["schedule"]["step_size_epochs"] == 1
