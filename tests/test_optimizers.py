@@ -9,6 +9,7 @@ import re
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from clrpipe import optimizers, training
 from clrpipe.errors import ClrpipeError
@@ -62,21 +63,20 @@ def _data(seed=0, rows=64):
 
 def _train(model, optimizer, steps, copies):
     """`steps` full-batch steps of the summed squared error of the copies (each copy's gradient
-    is its own loss's)."""
+    is its own loss's), compiled as `training.fit` compiles them."""
     x, y = _data()
     optimizer.build(model.trainable_variables)
-    for _ in range(steps):
-        with _tape() as tape:
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
             out = model(x)
             loss = sum(keras.ops.mean(keras.ops.square(out[:, i] - y)) for i in range(copies))
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply(grads, model.trainable_variables)
 
-
-def _tape():
-    import tensorflow as tf
-
-    return tf.GradientTape()
+    for _ in range(steps):
+        step()
 
 
 def _build(name, model, group_of=None):

@@ -183,8 +183,8 @@ class ScheduleFreeAdamW(keras.optimizers.Optimizer):
         self.assign(z, ops.where(first, variable, z))
         k = ops.cast(self.iterations, "float64")
         correction = ops.cast(1.0 - ops.power(ops.cast(self.beta_2, "float64"), k + 1.0), dtype)
-        self.assign(v, ops.add(ops.multiply(v, self.beta_2),
-                               ops.multiply(ops.multiply(gradient, gradient), 1 - self.beta_2)))
+        self.assign(v, _addcmul(ops.multiply(v, self.beta_2), gradient, gradient,
+                                1 - self.beta_2))
         denom = ops.add(ops.sqrt(ops.divide(v, correction)), self.epsilon)
         u = ops.divide(gradient, denom)
         if self.decay:
@@ -235,6 +235,11 @@ class ScheduleFreeAdamW(keras.optimizers.Optimizer):
             "weight_lr_power": self.weight_lr_power,
         })
         return config
+
+
+def _addcmul(start, first, second, value):
+    """torch.addcmul's order, start + (value * first) * second, to round as the reference."""
+    return ops.add(start, ops.multiply(ops.multiply(first, value), second))
 
 
 def _lerp(start, end, weight):
@@ -357,8 +362,8 @@ class Prodigy(keras.optimizers.Optimizer):
                     self.assign(m, ops.add(ops.multiply(m, self.beta_1), ops.multiply(
                         grad, ops.cast(d * (1.0 - self.beta_1), dtype))))
                 v = keras_private.slot(self, self.exp_avg_sq, variable)
-                self.assign(v, ops.add(ops.multiply(v, self.beta_2), ops.multiply(
-                    ops.multiply(grad, grad), ops.cast(d * d * (1.0 - self.beta_2), dtype))))
+                self.assign(v, _addcmul(ops.multiply(v, self.beta_2), grad, grad,
+                                        ops.cast(d * d * (1.0 - self.beta_2), dtype)))
                 s = keras_private.slot(self, self.s, variable)
                 rate = scale * d if self.safeguard_warmup else scale * dlr
                 self.assign(s, ops.add(ops.multiply(s, beta_3),
@@ -390,8 +395,8 @@ class Prodigy(keras.optimizers.Optimizer):
         else:
             step = ops.cast(gradient, dtype)
             rate = -dlr * d
-        self.assign(variable, ops.add(variable, ops.multiply(
-            ops.divide(step, denom), ops.cast(rate, dtype))))
+        self.assign(variable, ops.add(variable, ops.divide(
+            ops.multiply(step, ops.cast(rate, dtype)), denom)))
 
     def get_config(self):
         config = super().get_config()
