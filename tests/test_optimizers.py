@@ -262,3 +262,20 @@ def test_fit_validates_and_ends_with_the_evaluation_weights(name):
     model.set_weights(finished)
     assert training.evaluate(model, x_val, y_val, REGRESSION)["loss"] == \
         pytest.approx(final, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["muon", "prodigy"])
+def test_muon_and_prodigy_lower_the_validation_loss_in_the_compiled_fit(name):
+    """Inside `training.fit`'s compiled loop (Prodigy's sums in a `tf.while_loop`); the
+    schedule-free and EMA runs are trained by fit above, SGD and Adam in test_training.py."""
+    (x, y), (x_val, y_val) = _data(seed=2, rows=256), _data(seed=3, rows=64)
+    y, y_val = y[:, :1], y_val[:, :1]
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(16, "tanh"),
+                              keras.layers.Dense(1)])
+    start = float(keras.ops.mean(keras.ops.square(model(x_val) - y_val)))
+    options = {"exclude_layers": muon_exclusions(model)} if name == "muon" else {}
+    optimizer = build_optimizer(name, 1.0 if name == "prodigy" else 1e-2, **options)
+    training.compile_model(model, optimizer, steps_per_execution=8, output=REGRESSION)
+    history = training.fit(model, x, y, epochs=3, batch_size=32, validation=(x_val, y_val))
+    assert history.epochs["val_loss"][-1] < 0.9 * start

@@ -97,8 +97,8 @@ def _rate(learning_rate):
 
 def muon_exclusions(model: keras.Model, group_of: GroupOf | None = None) -> list[str]:
     """Patterns for Muon's `exclude_layers`: each network's output layer (the last layer with
-    a kernel, per group of `group_of`) and any layer whose kernel has a side of 1, the matrices
-    the benchmark leaves to AdamW."""
+    a kernel, per group of `group_of`: pass it for a packed model) and any layer whose kernel
+    has a side of 1, the matrices the benchmark leaves to AdamW."""
     last: dict[Hashable, str] = {}
     thin: list[str] = []
     for layer in model.layers:
