@@ -152,6 +152,13 @@ def test_muon_uses_adamw_for_the_output_layers_and_biases_only():
     assert [p for p in muon_exclusions(single) if re.search(p, "sequential/last/kernel")]
 
 
+def test_ports_refuse_base_options_their_per_step_work_would_bypass():
+    with pytest.raises(ClrpipeError, match="Prodigy: global_clipnorm not supported"):
+        Prodigy(1.0, global_clipnorm=1.0)
+    with pytest.raises(ClrpipeError, match="ScheduleFreeAdamW: use_ema not supported"):
+        ScheduleFreeAdamW(1e-3, use_ema=True)
+
+
 def test_configs_round_trip():
     for optimizer in (ScheduleFreeAdamW(1e-3, weight_decay=0.1, warmup_steps=5, r=0.5),
                       Prodigy(0.5, d_coef=2.0, weight_decay=0.01, growth_rate=1.02)):
@@ -191,25 +198,33 @@ def test_schedule_free_evaluates_the_average_and_swaps_back_exactly():
 
 
 def test_schedule_free_finalize_is_idempotent_and_training_resumes_from_y():
-    model = _model([("s0_", 3)])
-    optimizer = ScheduleFreeAdamW(3e-2)
-    twin = _model([("s0_", 3)])
-    twin_optimizer = ScheduleFreeAdamW(3e-2)
-    _steps(optimizer, model, 10)
-    _steps(twin_optimizer, twin, 10)
+    runs = [(_model([("s0_", 3)]), ScheduleFreeAdamW(3e-2)) for _ in range(3)]
+    for model, optimizer in runs:
+        _steps(optimizer, model, 10)
+    (model, optimizer), (twin, _), (bare, bare_optimizer) = runs
+    y = [v.numpy() for v in model.trainable_variables]
     with evaluation_weights(model, optimizer):
         averaged = [v.numpy() for v in model.trainable_variables]
-    finalize(model, optimizer)
-    finalize(model, optimizer)
+    for run in (runs[0], runs[2]):
+        finalize(*run)
+        finalize(*run)
     with evaluation_weights(model, optimizer):  # x is in already: nothing to swap
         again = [v.numpy() for v in model.trainable_variables]
     for a, b in zip(averaged, again, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-7)
     optimizers.resume(model, optimizer)
-    _steps(optimizer, model, 5)
-    _steps(twin_optimizer, twin, 5)
+    for a, b in zip(model.trainable_variables, y, strict=True):
+        np.testing.assert_allclose(a.numpy(), b, atol=1e-6)
+    for model_, optimizer_ in runs:
+        _steps(optimizer_, model_, 5)
     for a, b in zip(model.trainable_variables, twin.trainable_variables, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+    # Without resume, the next step restores y itself; only its gradient was taken at x.
+    assert int(bare_optimizer.evaluating) == 0
+    x_to_y = max(np.abs(a - b).max() for a, b in zip(averaged, y, strict=True))
+    off = max(np.abs(a.numpy() - b.numpy()).max() for a, b in
+              zip(bare.trainable_variables, twin.trainable_variables, strict=True))
+    assert off < 0.2 * x_to_y, (off, x_to_y)
 
 
 def test_ema_evaluates_the_moving_average_and_plain_optimizers_their_iterate():

@@ -132,6 +132,7 @@ class ScheduleFreeAdamW(keras.optimizers.Optimizer):
     def __init__(self, learning_rate=0.0025, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  weight_decay=0.0, warmup_steps=0, r=0.0, weight_lr_power=2.0, name=None,
                  **kwargs):
+        _refuse("ScheduleFreeAdamW", kwargs, ("use_ema", "gradient_accumulation_steps"))
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.beta_1 = beta_1
         self.beta_2 = beta_2
@@ -156,7 +157,7 @@ class ScheduleFreeAdamW(keras.optimizers.Optimizer):
 
     def apply(self, grads, trainable_variables=None):
         """The step's rate and averaging weight (once for all variables), then Keras's apply."""
-        variables = list(self._trainable_variables if trainable_variables is None
+        variables = list(keras_private.built_variables(self) if trainable_variables is None
                          else trainable_variables)
         if not self.built:
             self.build(variables)
@@ -220,12 +221,14 @@ class ScheduleFreeAdamW(keras.optimizers.Optimizer):
         """If x is in the model (after `finalize_variable_values`), restore y = lerp(x, z,
         1 - beta_1). `apply` does it too, for loops that do not call `restore_iterate`: then
         only that step's gradient was taken at x."""
-        evaluating = ops.equal(self.evaluating, 1)
-        for variable in variables:
-            z = keras_private.slot(self, self.z, variable)
-            self.assign(variable, ops.where(evaluating, _lerp(variable, z, 1.0 - self.beta_1),
-                                            variable))
-        self.evaluating.assign(0)
+
+        def restore():
+            for variable in variables:
+                z = keras_private.slot(self, self.z, variable)
+                self.assign(variable, _lerp(variable, z, 1.0 - self.beta_1))
+            self.evaluating.assign(0)
+
+        ops.cond(ops.equal(self.evaluating, 1), restore, lambda: None)
 
     def get_config(self):
         config = super().get_config()
@@ -235,6 +238,15 @@ class ScheduleFreeAdamW(keras.optimizers.Optimizer):
             "weight_lr_power": self.weight_lr_power,
         })
         return config
+
+
+def _refuse(owner: str, options: dict, names: tuple[str, ...]) -> None:
+    """Base-optimizer options the port's own per-step work would bypass (Prodigy's sums run
+    before Keras clips or unscales; schedule-free's scalars advance every call)."""
+    given = [name for name in names if options.get(name)]
+    if given:
+        raise ClrpipeError(f"{owner}: {', '.join(given)} not supported (the reference has "
+                           "no such option and the port's per-step sums would not see it)")
 
 
 def _addcmul(start, first, second, value):
@@ -276,6 +288,8 @@ class Prodigy(keras.optimizers.Optimizer):
                  weight_decay=0.0, decouple=True, use_bias_correction=False,
                  safeguard_warmup=False, d0=1e-6, d_coef=1.0, growth_rate=math.inf,
                  group_of: GroupOf | None = None, name=None, **kwargs):
+        _refuse("Prodigy", kwargs, ("clipnorm", "clipvalue", "global_clipnorm",
+                                    "loss_scale_factor", "gradient_accumulation_steps"))
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         if d0 <= 0:
             raise ClrpipeError(f"Prodigy: d0 must be positive, got {d0}")
@@ -315,7 +329,7 @@ class Prodigy(keras.optimizers.Optimizer):
 
     def apply(self, grads, trainable_variables=None):
         """Prodigy's sums over each group and its new d, then Keras's apply."""
-        variables = list(self._trainable_variables if trainable_variables is None
+        variables = list(keras_private.built_variables(self) if trainable_variables is None
                          else trainable_variables)
         if not self.built:
             self.build(variables)
