@@ -5,10 +5,11 @@ the weights and Muon (Keras's, set up as yandex-research/tabular-dl-optimizers s
 and two ports of PyTorch references, each checked against its package in
 `tests/test_optimizers_parity.py`:
 
-- `ScheduleFreeAdamW`: `schedulefree.AdamWScheduleFree` (1.4.1). Keras's class of that name
-  averages iterates with weight 1/t and applies weight decay with the raw learning rate before
-  the step; the reference weights iterate t by lr_max_t ** `weight_lr_power` (lr_max_t the
-  largest warmed-up rate so far) and adds the decay to the normalised gradient at y.
+- `ScheduleFreeAdamW`: `schedulefree.AdamWScheduleFree` (1.4.1). Keras 3.15's class of that
+  name recovers x with the already updated z (it reads `momentum.value` after `assign_sub`),
+  averages iterates with weight 1/t and decays y with the raw learning rate before the step;
+  the reference weights iterate t by lr_max_t ** `weight_lr_power` (lr_max_t the largest
+  warmed-up rate so far) and adds the decay to the normalised gradient at y.
 - `Prodigy`: `prodigyopt.Prodigy` (1.1.2). Its step size d needs a sum over all variables
   before any update, so it overrides `apply`; it keeps one d per group of `group_of`.
 
