@@ -341,21 +341,24 @@ def test_a_server_that_never_answers_is_reported_within_10s(tiny):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("fault", "reason", "bound"),
-    [("kill", "connection refused after 4 retries", 90),
-     ("freeze", "no answer within 10 s after 4 retries", 110)],
-    ids=["killed", "frozen"],
+    ("fault", "http", "reason", "bound"),
+    [("kill", {}, "connection refused after 4 retries", 90),
+     ("freeze", {"MLFLOW_HTTP_REQUEST_TIMEOUT": "3", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"},
+      "no answer within 3 s after 2 retries", 40)],
+    ids=["killed-defaults", "frozen-user-timeouts"],
 )
 def test_server_lost_mid_run_fails_the_stage_in_bounded_time_and_writes_nothing(
-    tiny, killable_mlflow_server, fault, reason, bound
+    tiny, killable_mlflow_server, fault, http, reason, bound
 ):
     """SIGKILL (connections refused) or SIGSTOP (accepted, never answered) of the server while
-    the stage logs: the stage ends within `bound` s with one line naming the server."""
+    the stage logs: the stage ends within `bound` s with one line naming the server. The
+    killed server meets clrpipe's HTTP defaults; the frozen one a user's own, shorter ones
+    (the defaults' 10 s x 4 retries would take ~80 s)."""
     server = killable_mlflow_server
     ready = tiny / "ready"
     process = start_stage(
         tiny, f"tracking.uri={server.url}",
-        STAGE_STEPS="100000", STAGE_SLEEP="0.2", STAGE_READY=str(ready),
+        STAGE_STEPS="100000", STAGE_SLEEP="0.2", STAGE_READY=str(ready), **http,
     )
     try:
         deadline = time.monotonic() + 300

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from importlib.metadata import version
 from pathlib import Path
 
 import keras
@@ -114,6 +115,10 @@ def test_clr_run_is_tracked_completely(clr_run):
     x = test[list(data.FEATURES)].to_numpy("float32")[:256]
     in_memory = keras.models.load_model("models/train_clr.keras").predict(x, verbose=0)
     np.testing.assert_allclose(np.asarray(loaded.predict(x)).ravel(), in_memory.ravel(), rtol=1e-6)
+    requirements = Path(mlflow.artifacts.download_artifacts(
+        f"{logged.artifact_location}/requirements.txt")).read_text().split()
+    assert requirements == [f"{name}=={version(name)}" for name in tracking.MODEL_PACKAGES]
+    assert "tensorflow" in tracking.MODEL_PACKAGES  # Keras's backend, which inference missed
 
 
 def test_same_seed_gives_same_metrics(trained_project):

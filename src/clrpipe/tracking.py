@@ -60,6 +60,7 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
+from importlib.metadata import version
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -83,6 +84,7 @@ __all__ = [
     "HOST_TAG",
     "HTTP_DEFAULTS",
     "LOCK_TIMEOUT",
+    "MODEL_PACKAGES",
     "PID_NAMESPACE_TAG",
     "PID_TAG",
     "PIPELINE_TAG",
@@ -95,6 +97,7 @@ __all__ = [
     "TrialRuns",
     "artifact_location",
     "git_commit",
+    "model_requirements",
     "resolve_uri",
     "stage_run",
     "store_uri",
@@ -243,7 +246,8 @@ class StageRun:
         level = quiet.level                                    # pip version": uv venvs lack pip
         quiet.setLevel(logging.ERROR)
         try:
-            mlflow.keras.log_model(model, name="model", signature=signature)
+            mlflow.keras.log_model(model, name="model", signature=signature,
+                                   pip_requirements=model_requirements())
         finally:
             quiet.setLevel(level)
         self.log_dict({"columns": columns, "data": example.tolist()}, "model/input_example.json")
@@ -282,6 +286,16 @@ class StageRun:
     def set_tag(self, key: str, value: str) -> None:
         if self.active:
             self.client.set_tag(self.run_id, key, value)
+
+
+MODEL_PACKAGES = ("mlflow", "keras", "tensorflow", "numpy")
+
+
+def model_requirements(*extra: str) -> list[str]:
+    """Pinned pip requirements of a logged model: the installed versions of `MODEL_PACKAGES`
+    and `extra`. Given explicitly because MLflow's inference re-imports the model in a
+    subprocess (14 s per logged model here) and still missed tensorflow, Keras's backend."""
+    return [f"{name}=={version(name)}" for name in (*MODEL_PACKAGES, *extra)]
 
 
 def _now_ms() -> int:
