@@ -70,6 +70,13 @@ def compare(overrides: tuple[str, ...]) -> None:
     _run("compare", overrides)
 
 
+@main.command()
+@OVERRIDES
+def study(overrides: tuple[str, ...]) -> None:
+    """The study: datasets x methods x seeds against a tuned oracle -> reports/study.md."""
+    _run("study", overrides)
+
+
 def _run(stage: str, overrides: tuple[str, ...], *args: str) -> None:
     """Load and validate the whole config (before TensorFlow or MLflow is imported, so a
     config error is one fast line), then run `clrpipe.stages.<stage>.run(cfg, *args)`."""
