@@ -26,8 +26,8 @@ def alone(data, seed: int, name: str, output: OutputSpec, y, y_val):
     x, _, x_val, _ = data
     model = build_model(PARAMS, x.shape[1], seed, output)
     training.compile_model(model, optimizer_of(name), 16, output=output)
-    keras.utils.set_random_seed(ORDER_SEED)
-    history = training.fit(model, x, y, epochs=3, batch_size=32, validation=(x_val, y_val))
+    history = training.fit(model, x, y, epochs=3, batch_size=32, validation=(x_val, y_val),
+                           reshuffle_seed=ORDER_SEED)
     return model.get_weights(), history
 
 

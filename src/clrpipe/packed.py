@@ -4,26 +4,30 @@ A study trains the same small network under many methods and seeds; each trainin
 for its own compiled step, Python loop and tiny matrix products. Packing puts S copies of the
 network side by side in one functional model: copy i is `model.build_model(params, n, seeds[i])`
 layer for layer (its layers renamed `s<i>_...`, its weights and dropout seed states copied), all
-copies read the same input batch (the order `training.fit` draws, shared as it is by separate
-trials with `train.reshuffle: false` and one order seed), and the outputs are stacked to shape
+copies read the same input batch (every epoch a new order drawn from one order seed, as
+`train.reshuffle: true` draws it: Keras's own per-epoch order costs a `tf.data` iterator per
+epoch, more than an epoch of a small table), and the outputs are stacked to shape
 (batch, S, units). The loss is the sum of the copies' own losses, so the gradient of copy i's
 weights is exactly its own loss's gradient: SGD and Adam (per-variable optimizers) then move each
 copy exactly as when it trains alone (tested to 1e-5). Optimizers with a reduction over all
 variables (Prodigy) get `group_of`, which names the copy a variable belongs to.
 
-Per-seed metrics are compiled in: `s<i>_loss` and `s<i>_<score>` (accuracy or R²), so
-`training.fit`'s epoch logs carry each copy's training and validation (`val_s<i>_...`) scores.
+Each copy's training loss is a compiled metric (`s<i>_loss` in `training.fit`'s epoch logs);
+its validation loss and score (`val_s<i>_loss`, `val_s<i>_<score>`) come from one forward pass
+after each epoch, under the optimizer's evaluation weights when it has them.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from clrpipe import training
 from clrpipe.errors import ClrpipeError
@@ -32,8 +36,9 @@ from clrpipe.params import BuiltinModel, ModelParams
 from clrpipe.tasks import CARDIO, OutputSpec, held_out_metrics
 
 __all__ = [
-    "PackedLoss", "PackedResult", "R2", "build_packed", "compile_packed", "group_of",
-    "seed_history", "seed_prefix", "split_predictions", "test_metrics", "train_packed",
+    "PackedLoss", "PackedResult", "build_packed", "compile_packed", "copy_scores", "group_of",
+    "predict", "seed_history", "seed_prefix", "split_predictions", "test_metrics",
+    "train_packed",
 ]
 
 
@@ -108,60 +113,17 @@ def _per_sample(fn, y_true, y_pred_i):
               y_pred_i)
 
 
-class R2(keras.metrics.Metric):
-    """R² of one copy's prediction over all batches seen (sums of y, y², squared error)."""
-
-    def __init__(self, index: int, name: str = "r2", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.index = index
-        self.total = self.add_variable((), "zeros", name="total")
-        self.squares = self.add_variable((), "zeros", name="squares")
-        self.errors = self.add_variable((), "zeros", name="errors")
-        self.count = self.add_variable((), "zeros", name="count")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        y = keras.ops.reshape(keras.ops.cast(y_true, "float32"), (-1,))
-        guess = keras.ops.reshape(y_pred[:, self.index], (-1,))
-        self.total.assign_add(keras.ops.sum(y))
-        self.squares.assign_add(keras.ops.sum(y * y))
-        self.errors.assign_add(keras.ops.sum((y - guess) ** 2))
-        self.count.assign_add(keras.ops.cast(keras.ops.shape(y)[0], "float32"))
-
-    def result(self):
-        spread = self.squares - self.total * self.total / keras.ops.maximum(self.count, 1.0)
-        return 1.0 - self.errors / keras.ops.maximum(spread, 1e-12)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "index": self.index}
-
-
 def _copy_metrics(output: OutputSpec, copies: int) -> list:
-    found = []
+    """Each copy's own training loss (its score is computed on validation only)."""
     fn = keras.losses.get(output.loss)
-    accuracy = (keras.metrics.binary_accuracy if output.task == "binary"
-                else keras.metrics.sparse_categorical_accuracy)
-    for i in range(copies):
-        prefix = seed_prefix(i)
-        found.append(keras.metrics.MeanMetricWrapper(
-            lambda yt, yp, i=i: _per_sample(fn, yt, yp[:, i]), name=f"{prefix}loss"))
-        if output.classification:
-            found.append(keras.metrics.MeanMetricWrapper(
-                lambda yt, yp, i=i: _accuracy_of(accuracy, yt, yp[:, i]),
-                name=f"{prefix}accuracy"))
-        else:
-            found.append(R2(i, name=f"{prefix}r2"))
-    return found
-
-
-def _accuracy_of(accuracy, y_true, y_pred_i):
-    if y_pred_i.shape[-1] == 1 and len(y_true.shape) == 1:
-        y_true = keras.ops.expand_dims(y_true, -1)
-    return accuracy(y_true, y_pred_i)
+    return [keras.metrics.MeanMetricWrapper(lambda yt, yp, i=i: _per_sample(fn, yt, yp[:, i]),
+                                            name=f"{seed_prefix(i)}loss")
+            for i in range(copies)]
 
 
 def compile_packed(model: keras.Model, optimizer, copies: int, output: OutputSpec = CARDIO,
                    steps_per_execution: int = 64) -> None:
-    """The summed loss and each copy's loss and score as metrics."""
+    """The summed loss, and each copy's loss as a metric."""
     model.compile(optimizer=optimizer, loss=PackedLoss(output.loss, copies),
                   metrics=_copy_metrics(output, copies), steps_per_execution=steps_per_execution)
 
@@ -184,17 +146,47 @@ def split_predictions(predicted: np.ndarray) -> list[np.ndarray]:
     return [predicted[:, i] for i in range(predicted.shape[1])]
 
 
+_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def predict(model: keras.Model, x: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """The packed prediction (rows, S, units) in inference mode, by one compiled forward pass
+    per chunk (traced once per model): no `model.predict` pipeline built for every call."""
+    forward = _FORWARD.get(model)
+    if forward is None:
+        forward = tf.function(lambda rows: model(rows, training=False), reduce_retracing=True)
+        _FORWARD[model] = forward
+    parts = [forward(tf.constant(x[i:i + chunk])).numpy() for i in range(0, len(x), chunk)]
+    return np.concatenate(parts) if parts else np.zeros((0,))
+
+
+def copy_scores(predicted: np.ndarray, y: np.ndarray, output: OutputSpec = CARDIO
+                ) -> list[dict[str, float]]:
+    """Each copy's mean loss and score (accuracy, or R² in the standardized units the network
+    trains in) on `y`, from the packed prediction."""
+    fn = keras.losses.get(output.loss)
+    found = []
+    for part in split_predictions(predicted):
+        loss = float(np.mean(keras.ops.convert_to_numpy(
+            _per_sample(fn, keras.ops.convert_to_tensor(y), keras.ops.convert_to_tensor(part)))))
+        if output.task == "binary":
+            score = float(np.mean((part.reshape(-1) > 0.5) == (y.reshape(-1) > 0.5)))
+        elif output.task == "multiclass":
+            score = float(np.mean(part.argmax(axis=-1) == y.reshape(-1).astype(int)))
+        else:
+            truth, guess = y.reshape(-1).astype(float), part.reshape(-1).astype(float)
+            spread = float(np.sum((truth - truth.mean()) ** 2))
+            score = 1.0 - float(np.sum((truth - guess) ** 2)) / max(spread, 1e-12)
+        found.append({"loss": loss, output.score: score})
+    return found
+
+
 def test_metrics(model: keras.Model, x: np.ndarray, y: np.ndarray, copies: int,
                  output: OutputSpec = CARDIO) -> list[dict[str, float]]:
     """Each copy's test metrics, as `training.evaluate` gives them for a network alone."""
-    scores = model.evaluate(x, y, batch_size=4096, verbose=0, return_dict=True)
-    predicted = keras.ops.convert_to_numpy(model.predict(x, batch_size=4096, verbose=0))
-    found = []
-    for i, part in enumerate(split_predictions(predicted)):
-        prefix = seed_prefix(i)
-        own = {"loss": scores[f"{prefix}loss"], output.score: scores[f"{prefix}{output.score}"]}
-        found.append(held_out_metrics(own, y, part, output))
-    return found
+    predicted = predict(model, x)
+    return [held_out_metrics(own, y, part, output) for own, part in
+            zip(copy_scores(predicted, y, output), split_predictions(predicted), strict=True)]
 
 
 @dataclass
@@ -227,8 +219,11 @@ def train_packed(
     fit_options: dict | None = None,
     evaluation: Callable | None = None,
 ) -> PackedResult:
-    """Build the packed model, train it with `training.fit` (batch order from `order_seed`) and
-    score every copy on `test`. `make_optimizer(model)` builds the optimizer (it may use
+    """Build the packed model, train it with `training.fit` (a new batch order every epoch
+    drawn from `order_seed`, as `train.reshuffle: true` does, shared by all copies),
+    score every copy on `validation` after each epoch (one compiled forward pass: Keras's
+    `evaluate` costs more than an epoch of these small networks) and on `test` at the
+    end. `make_optimizer(model)` builds the optimizer (it may use
     `group_of(model)`); `evaluation(model, optimizer)`, a context manager, swaps in the weights
     to score with (averaged or EMA weights) for the test metrics."""
     model = build_packed(params, x.shape[1], seeds, output)
@@ -236,12 +231,31 @@ def train_packed(
     compile_packed(model, optimizer, len(seeds), output, steps_per_execution)
     keras.utils.set_random_seed(order_seed)
     ends: list[int] = []
+    validated: list[list[dict[str, float]]] = []
+    validating: list[float] = []
+
+    def on_epoch(*_):
+        if validation is not None:
+            began = time.perf_counter()
+            if evaluation is None:
+                validated.append(copy_scores(predict(model, validation[0]), validation[1], output))
+            else:
+                with evaluation(model, optimizer):
+                    validated.append(copy_scores(predict(model, validation[0]), validation[1],
+                                                 output))
+            validating.append(time.perf_counter() - began)
+        ends.append(int(time.time() * 1000))
+
     started = time.perf_counter()
-    history = training.fit(model, x, y, epochs=epochs, batch_size=batch_size,
-                           validation=validation,
-                           on_epoch=lambda *_: ends.append(int(time.time() * 1000)),
-                           **(fit_options or {}))
+    history = training.fit(model, x, y, epochs=epochs, batch_size=batch_size, on_epoch=on_epoch,
+                           reshuffle_seed=order_seed, **(fit_options or {}))
     seconds = time.perf_counter() - started
+    if validation is not None:
+        history.epoch_seconds = [a + b for a, b in zip(history.epoch_seconds, validating,
+                                                       strict=True)]
+        for i in range(len(seeds)):
+            for key in ("loss", output.score):
+                history.epochs[f"val_{seed_prefix(i)}{key}"] = [e[i][key] for e in validated]
     scores: list[dict[str, float]] = []
     if test is not None:
         if evaluation is None:

@@ -1,0 +1,142 @@
+"""The study's Ray task bodies: a range test with one optimizer, and one packed training.
+
+Each returns plain data for the driver (which alone talks to MLflow, as in `clrpipe.parallel`).
+Inside a task TensorFlow uses one thread, so N tasks share N cores. A packed training whose
+summed loss turns non-finite has no model: every seed of it is returned as diverged (test score
+NaN) rather than failing the study, since a grid point or a range test's suggestion diverging
+is a result.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from clrpipe import packed, training
+from clrpipe.compare import TrialOutcome
+from clrpipe.errors import ClrpipeError
+from clrpipe.params import ModelParams, RangeTestParams
+from clrpipe.study import Job
+from clrpipe.trial import SplitArrays
+
+__all__ = ["build_optimizer", "range_test_task", "schedule_of", "train_job_task"]
+
+
+def build_optimizer(name: str, learning_rate, *, momentum: float = 0.0, group_of=None,
+                    **options):
+    """`clrpipe.optimizers.build_optimizer`, the one place the study's optimizers are made."""
+    try:
+        from clrpipe import optimizers
+    except ImportError:  # TEMPORARY until h-opt is merged: SGD and Adam only
+        import keras
+
+        if name == "sgd":
+            return keras.optimizers.SGD(learning_rate, momentum=momentum)
+        if name == "adam":
+            return keras.optimizers.Adam(learning_rate)
+        raise ClrpipeError(f"study: optimizer {name} needs clrpipe.optimizers") from None
+    return optimizers.build_optimizer(name, learning_rate, momentum=momentum,
+                                      group_of=group_of, **options)
+
+
+def _evaluation(optimizer_name: str):
+    """The context that swaps in the weights to evaluate (averaged, EMA), or None."""
+    try:
+        from clrpipe import optimizers
+    except ImportError:
+        return None
+    return getattr(optimizers, "evaluation_weights", None)
+
+
+def schedule_of(job: Job, steps_per_epoch: int):
+    """The job's learning rate: a float, a triangle of `cycles` full cycles over the run, or a
+    one-cycle over the run."""
+    from clrpipe import schedules
+
+    total = steps_per_epoch * job.epochs
+    if job.schedule == "constant":
+        return float(job.learning_rate)
+    if job.schedule == "triangular":
+        return schedules.CyclicalLearningRate(job.base_lr, job.max_lr,
+                                              step_size=max(total / (2 * job.cycles), 1.0))
+    return schedules.OneCycleLearningRate(job.max_lr, total_steps=total)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def range_test_task(model_params: ModelParams, optimizer: str, config: RangeTestParams,
+                    batch_size: int, seed: int, momentum: float, options: dict,
+                    split: SplitArrays) -> dict[str, Any]:
+    """The range test of `optimizer` on the network built from `seed`: bounds and the batches
+    each sweep seed ran (its cost)."""
+    import keras
+
+    from clrpipe.model import build_model
+    from clrpipe.range_test_runner import run_range_test
+
+    training.limit_threads(1)
+    keras.backend.clear_session()
+    started = time.perf_counter()
+    model = build_model(model_params, split.x.shape[1], seed, split.output)
+    opt = build_optimizer(optimizer, float(config.min_lr), momentum=momentum, **options)
+    training.compile_model(model, opt, output=split.output)
+    batch = min(batch_size, len(split.x) // 2)
+    result = run_range_test(model, split.x, split.y, config, batch_size=batch)
+    return {
+        "optimizer": optimizer, "base_lr": float(result.base_lr), "max_lr": float(result.max_lr),
+        "confident": bool(result.confident), "rule": result.rule, "batch_size": batch,
+        "steps": [len(a.curve.losses) for a in result.analyses],
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def train_job_task(model_params: ModelParams, job: Job, momentum: float,
+                   steps_per_execution: int, order_seed: int,
+                   split: SplitArrays) -> dict[str, Any]:
+    """One packed training of `job`: per seed its outcome, history and times, as
+    `tracking.TrialRuns.finished` takes them (or the reason it diverged)."""
+    import keras
+
+    training.limit_threads(1)
+    keras.backend.clear_session()
+    output, score = split.output, split.output.score
+    steps = math.ceil(len(split.x) / job.batch_size)
+    schedule = schedule_of(job, steps)
+    evaluation = _evaluation(job.optimizer)
+    started_ms = _now_ms()
+
+    def make(model):
+        return build_optimizer(job.optimizer, schedule, momentum=momentum,
+                               group_of=packed.group_of(model), **job.options)
+
+    try:
+        result = packed.train_packed(
+            model_params, job.seeds, make, split.x, split.y, epochs=job.epochs,
+            batch_size=job.batch_size, order_seed=order_seed,
+            validation=(split.x_val, split.y_val), test=(split.x_test, split.y_test),
+            output=output, steps_per_execution=steps_per_execution, evaluation=evaluation,
+        )
+    except ClrpipeError as err:
+        if "diverged" not in str(err):
+            raise
+        nan = math.nan
+        outcomes = [TrialOutcome(job.method, s, nan, nan, nan, (nan,), (0.0,), metric=score)
+                    for s in job.seeds]
+        return {"job": job, "diverged": str(err), "outcomes": outcomes, "start_ms": started_ms,
+                "end_ms": _now_ms(), "seconds": 0.0}
+    copies = len(job.seeds)
+    trials = []
+    for seed, history, test in zip(job.seeds, result.per_seed, result.test, strict=True):
+        history.epoch_seconds = [s / copies for s in history.epoch_seconds]
+        outcome = TrialOutcome(
+            job.method, seed, test[score], test["loss"], history.epochs["loss"][-1],
+            tuple(history.epochs[f"val_{score}"]), tuple(history.epoch_seconds), metric=score,
+        )
+        trials.append({"outcome": outcome, "history": history, "start_ms": started_ms,
+                       "end_ms": result.epoch_end_ms[-1], "epoch_end_ms": result.epoch_end_ms,
+                       "test": test})
+    return {"job": job, "trials": trials, "outcomes": [t["outcome"] for t in trials],
+            "start_ms": started_ms, "end_ms": _now_ms(), "seconds": result.seconds}
