@@ -44,6 +44,7 @@ __all__ = [
     "range_tests_needed",
     "report",
     "summarize_dataset",
+    "summarize_study",
     "sweep_epochs",
 ]
 
@@ -253,6 +254,43 @@ def summarize_dataset(
         rows[name]["rank"] = rank
     return {"metric": metric, "oracle": best_oracle, "oracles": oracles,
             "target_val": target, "tolerance": tolerance, "methods": rows}
+
+
+def summarize_study(jobs: Sequence[Job], results: Mapping[tuple[str, str], dict],
+                    tests: Mapping[tuple[str, str], dict], details: Mapping[str, dict], *,
+                    seeds: int, grid_seeds: int, tolerance: float, confidence: float,
+                    seconds: float) -> tuple[dict, dict]:
+    """The whole report (`report`) from the task results, and per dataset the mean validation
+    curve of every method and of the oracle (for the figure). `details[dataset]` holds at
+    least `fit_rows` (the range tests' epochs are counted in it)."""
+    per_dataset, curves, described = {}, {}, {}
+    for dataset, detail in details.items():
+        done = [results[j.key]["job"] for j in jobs if j.dataset == dataset]
+        outcomes = [o for j in done for o in results[j.key]["outcomes"]]
+        compute = {}
+        for job in done:
+            spent = float(job.epochs)
+            if job.needs_range_test:
+                rt = tests[(dataset, job.optimizer)]
+                spent += sweep_epochs(rt["steps"], rt["batch_size"], detail["fit_rows"])
+            compute[job.method] = spent
+        found = summarize_dataset(outcomes, done, compute=compute, tolerance=tolerance,
+                                  confidence=confidence)
+        per_dataset[dataset] = found
+        described[dataset] = {**detail, "range_tests": {
+            opt: {k: v for k, v in rt.items() if k != "optimizer"}
+            for (ds, opt), rt in tests.items() if ds == dataset}}
+        grid_point = found["oracles"][found["oracle"]]["grid_point"]
+        curves[dataset] = {}
+        for name in [j.method for j in done if j.family is None] + [grid_point]:
+            kept = [o.val_score for o in outcomes if o.method == name
+                    and all(math.isfinite(v) for v in o.val_score)]
+            if kept:
+                label = found["oracle"] if name == grid_point else name
+                curves[dataset][label] = np.mean(kept, axis=0).tolist()
+    found = report(per_dataset, described, seeds=seeds, grid_seeds=grid_seeds,
+                   confidence=confidence, seconds=seconds)
+    return found, curves
 
 
 def _finite_mean(values: Sequence[float]) -> float | None:

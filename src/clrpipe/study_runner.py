@@ -1,4 +1,5 @@
-"""The study's Ray task bodies: a range test with one optimizer, and one packed training.
+"""The study's Ray side: a range test with one optimizer and one packed training as task
+bodies, and `run_tasks`, which submits them and hands results to the driver as they return.
 
 Each returns plain data for the driver (which alone talks to MLflow, as in `clrpipe.parallel`).
 Inside a task TensorFlow uses one thread, so N tasks share N cores. A packed training whose
@@ -11,16 +12,19 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from clrpipe import packed, training
 from clrpipe.compare import TrialOutcome
-from clrpipe.errors import ClrpipeError
-from clrpipe.params import ModelParams, RangeTestParams
+from clrpipe.errors import ClrpipeError, first_line
+from clrpipe.params import ModelParams, RangeTestParams, StudyParams
 from clrpipe.study import Job
 from clrpipe.trial import SplitArrays
 
-__all__ = ["build_optimizer", "range_test_task", "schedule_of", "train_job_task"]
+__all__ = [
+    "build_optimizer", "range_test_task", "run_tasks", "schedule_of", "train_job_task",
+]
 
 
 def build_optimizer(name: str, learning_rate, *, momentum: float = 0.0, group_of=None,
@@ -140,3 +144,65 @@ def train_job_task(model_params: ModelParams, job: Job, momentum: float,
                        "test": test})
     return {"job": job, "trials": trials, "outcomes": [t["outcome"] for t in trials],
             "start_ms": started_ms, "end_ms": _now_ms(), "seconds": result.seconds}
+
+
+def run_tasks(ray, jobs: Sequence[Job], splits: Mapping[str, SplitArrays],
+              model_params: ModelParams, study: StudyParams,
+              on_finished: Callable[[Job, dict], None], on_failed: Callable[[Job, str], None]):
+    """Submit the range tests and the trainings that need none, as Ray tasks; a returned range
+    test releases the trainings waiting for it (rates filled by `study.fill_rates`). Each
+    training result goes to `on_finished`, a diverged one to `on_failed`, as it returns. A
+    task that raises cancels the rest and raises one line naming it. Returns the range tests
+    {(dataset, optimizer): result} and the trainings {(dataset, method): result}."""
+    from clrpipe import parallel
+    from clrpipe.study import fill_rates, range_tests_needed
+
+    remote_rt = ray.remote(num_cpus=1, max_retries=parallel.MAX_RETRIES)(range_test_task)
+    remote_job = ray.remote(num_cpus=1, max_retries=parallel.MAX_RETRIES)(train_job_task)
+    refs = {name: ray.put(split) for name, split in splits.items()}
+    pending: dict = {}
+
+    def submit(job: Job) -> None:
+        ref = remote_job.remote(model_params, job, study.momentum, study.steps_per_execution,
+                                study.order_seed, refs[job.dataset])
+        pending[ref] = ("job", job)
+
+    for dataset, optimizer in range_tests_needed(jobs):
+        options = next(j.options for j in jobs if j.optimizer == optimizer and
+                       j.needs_range_test)
+        ref = remote_rt.remote(model_params, optimizer, study.range_test[optimizer],
+                               study.datasets[dataset].batch_size, study.first_seed,
+                               study.momentum, options, refs[dataset])
+        pending[ref] = ("range_test", (dataset, optimizer))
+    for job in jobs:
+        if not job.needs_range_test:
+            submit(job)
+    tests, results = {}, {}
+    while pending:
+        (ref,), _ = ray.wait(list(pending), num_returns=1)
+        kind, what = pending.pop(ref)
+        try:
+            out = ray.get(ref)
+        except Exception as err:
+            for other in pending:
+                ray.cancel(other, force=True)
+            reason = first_line(getattr(err, "cause", None) or err)
+            if kind == "job":
+                on_failed(what, reason)
+                raise ClrpipeError(f"study: {what.dataset} {what.method} failed: {reason}") \
+                    from None
+            raise ClrpipeError(f"study: range test of {what[1]} on {what[0]} failed: "
+                               f"{reason}") from None
+        if kind == "range_test":
+            tests[what] = out
+            for job in jobs:
+                if job.needs_range_test and (job.dataset, job.optimizer) == what:
+                    submit(fill_rates(job, (out["base_lr"], out["max_lr"])))
+            continue
+        job = out["job"]
+        results[job.key] = out
+        if "diverged" in out:
+            on_failed(job, out["diverged"])
+        else:
+            on_finished(job, out)
+    return tests, results

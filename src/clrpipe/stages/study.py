@@ -18,12 +18,10 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 from omegaconf import DictConfig
 
 from clrpipe import config as configuration
 from clrpipe import parallel, plots, study, study_data, study_runner, tracking
-from clrpipe.errors import ClrpipeError, first_line
 from clrpipe.outputs import atomic_outputs
 from clrpipe.params import CardioData, DataParams, ModelParams, Reads, SplitDir, StudyParams
 
@@ -60,9 +58,22 @@ def run(cfg: DictConfig) -> dict:
     try:
         with tracking.stage_run(cfg, "study") as tracked, \
                 tracking.TrialRuns(tracked).revoked_on_failure() as trials:
-            tests, results = _run_tasks(ray, p, jobs, data, trials)
-            found, curves = _summarize(p, jobs, data, tests, results,
-                                       time.perf_counter() - started)
+            def finished(job, out):
+                for trial in out["trials"]:
+                    trials.finished(f"{job.dataset}/{job.method}", trial["outcome"].seed,
+                                    _params(job), trial)
+
+            def failed(job, reason):
+                for seed in job.seeds:
+                    trials.failed(f"{job.dataset}/{job.method}", seed, _params(job), reason)
+
+            tests, results = study_runner.run_tasks(
+                ray, jobs, {n: d.split for n, d in data.items()}, p.model, s, finished, failed)
+            details = {name: _details(d, s.datasets[name]) for name, d in data.items()}
+            found, curves = study.summarize_study(
+                jobs, results, tests, details, seeds=s.seeds, grid_seeds=s.grid_seeds,
+                tolerance=s.tolerance, confidence=s.confidence,
+                seconds=time.perf_counter() - started)
             _write_outputs(tracked, found, curves)
     finally:
         ray.shutdown()
@@ -72,108 +83,17 @@ def run(cfg: DictConfig) -> dict:
     return found
 
 
-def _run_tasks(ray, p: StudyReads, jobs, data, trials):
-    """Submit the range tests and the trainings that need none; a returned range test releases
-    the trainings waiting for it. Returns the range tests and the training results."""
-    s = p.study
-    remote_rt = ray.remote(num_cpus=1, max_retries=parallel.MAX_RETRIES)(
-        study_runner.range_test_task)
-    remote_job = ray.remote(num_cpus=1, max_retries=parallel.MAX_RETRIES)(
-        study_runner.train_job_task)
-    refs = {name: ray.put(d.split) for name, d in data.items()}
-    pending: dict = {}
-
-    def submit(job):
-        ref = remote_job.remote(p.model, job, s.momentum, s.steps_per_execution, s.order_seed,
-                                refs[job.dataset])
-        pending[ref] = ("job", job)
-
-    for dataset, optimizer in study.range_tests_needed(jobs):
-        options = next(j.options for j in jobs if j.optimizer == optimizer and
-                       j.needs_range_test)
-        ref = remote_rt.remote(p.model, optimizer, s.range_test[optimizer],
-                               s.datasets[dataset].batch_size, s.first_seed, s.momentum,
-                               options, refs[dataset])
-        pending[ref] = ("range_test", (dataset, optimizer))
-    for job in jobs:
-        if not job.needs_range_test:
-            submit(job)
-    tests, results = {}, {}
-    while pending:
-        (ref,), _ = ray.wait(list(pending), num_returns=1)
-        kind, what = pending.pop(ref)
-        try:
-            out = ray.get(ref)
-        except Exception as err:
-            for other in pending:
-                ray.cancel(other, force=True)
-            reason = first_line(getattr(err, "cause", None) or err)
-            if kind == "job":
-                for seed in what.seeds:
-                    trials.failed(f"{what.dataset}/{what.method}", seed, _params(what), reason)
-                raise ClrpipeError(f"study: {what.dataset} {what.method} failed: {reason}") \
-                    from None
-            raise ClrpipeError(f"study: range test of {what[1]} on {what[0]} failed: "
-                               f"{reason}") from None
-        if kind == "range_test":
-            tests[what] = out
-            for job in jobs:
-                if job.needs_range_test and (job.dataset, job.optimizer) == what:
-                    submit(study.fill_rates(job, (out["base_lr"], out["max_lr"])))
-            continue
-        job = out["job"]
-        results[job.key] = out
-        name = f"{job.dataset}/{job.method}"
-        if "diverged" in out:
-            for seed in job.seeds:
-                trials.failed(name, seed, _params(job), out["diverged"])
-        else:
-            for trial in out["trials"]:
-                trials.finished(name, trial["outcome"].seed, _params(job), trial)
-    return tests, results
+def _details(d, ds) -> dict:
+    split = d.split
+    return {"task": d.task, "rows": d.rows, "source": d.source, "fit_rows": len(split.x),
+            "validation_rows": len(split.x_val), "test_rows": len(split.x_test),
+            "features": int(split.x.shape[1]), "epochs": ds.epochs, "batch_size": ds.batch_size}
 
 
 def _params(job) -> dict:
     return {"dataset": job.dataset, "method": job.method, "optimizer": job.optimizer,
             "schedule": job.schedule, "epochs": job.epochs, "batch_size": job.batch_size,
             **job.rates(), **{f"option.{k}": v for k, v in job.options.items()}}
-
-
-def _summarize(p: StudyReads, jobs, data, tests, results, seconds: float):
-    s = p.study
-    per_dataset, details, curves = {}, {}, {}
-    for dataset, d in data.items():
-        done = [results[j.key]["job"] for j in jobs if j.dataset == dataset]
-        outcomes = [o for j in done for o in results[j.key]["outcomes"]]
-        compute = {}
-        for job in done:
-            spent = float(job.epochs)
-            if job.needs_range_test:
-                rt = tests[(dataset, job.optimizer)]
-                spent += study.sweep_epochs(rt["steps"], rt["batch_size"], len(d.split.x))
-            compute[job.method] = spent
-        per_dataset[dataset] = study.summarize_dataset(
-            outcomes, done, compute=compute, tolerance=s.tolerance, confidence=s.confidence)
-        details[dataset] = {
-            "task": d.task, "rows": d.rows, "source": d.source,
-            "fit_rows": len(d.split.x), "validation_rows": len(d.split.x_val),
-            "test_rows": len(d.split.x_test), "features": int(d.split.x.shape[1]),
-            "epochs": s.datasets[dataset].epochs, "batch_size": s.datasets[dataset].batch_size,
-            "range_tests": {opt: {k: v for k, v in rt.items() if k != "optimizer"}
-                            for (ds, opt), rt in tests.items() if ds == dataset},
-        }
-        oracle = per_dataset[dataset]["oracles"][per_dataset[dataset]["oracle"]]
-        shown = [j.method for j in done if j.family is None] + [oracle["grid_point"]]
-        curves[dataset] = {}
-        for name in shown:
-            kept = [o.val_score for o in outcomes if o.method == name
-                    and all(math.isfinite(v) for v in o.val_score)]
-            if kept:
-                label = per_dataset[dataset]["oracle"] if name == oracle["grid_point"] else name
-                curves[dataset][label] = np.mean(kept, axis=0).tolist()
-    found = study.report(per_dataset, details, seeds=s.seeds, grid_seeds=s.grid_seeds,
-                         confidence=s.confidence, seconds=seconds)
-    return found, curves
 
 
 def _clean(value):
