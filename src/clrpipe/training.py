@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from clrpipe import keras_private
 from clrpipe.errors import ClrpipeError
+from clrpipe.optimizers import evaluation_weights, resume
 from clrpipe.tasks import CARDIO, OutputSpec, held_out_metrics
 
 __all__ = [
@@ -127,9 +128,12 @@ def fit(
     logs, `val_*` included), `on_train_batch_begin(first)` / `on_train_batch_end(first +
     steps_per_execution - 1, logs)` once per compiled call of `steps_per_execution` batches
     (as Keras's fit does with `steps_per_execution`; the logs are the epoch's running metrics),
-    and `on_test_*` during validation. `model.stop_training` set by a callback (EarlyStopping)
-    stops training after the current call and epoch, as in Keras. With the same callbacks the
-    weights and logs stay bit-identical to `model.fit` (tested).
+    and `on_test_*` during validation. Validation scores the weights the optimizer evaluates
+    with (schedule-free's average, an EMA: `optimizers.evaluation_weights`), and the model
+    ends with them (Keras's `finalize_variable_values`, as `fit` does). `model.stop_training`
+    set by a callback (EarlyStopping) stops training after the current call and epoch, as in
+    Keras. With the same callbacks (and an optimizer that evaluates its iterate) the weights
+    and logs stay bit-identical to `model.fit` (tested).
     """
     if len(x) == 0 or batch_size < 1:
         raise ClrpipeError(f"fit: expected rows and a batch size of at least 1, got {len(x)} "
@@ -137,6 +141,7 @@ def fit(
     history = History()
     optimizer = model.optimizer
     optimizer.build(model.trainable_variables)
+    resume(model, optimizer)
     steps = math.ceil(len(x) / batch_size)
     per_call = int(model.steps_per_execution)
     run = _batch_runner(model, x, y, batch_size)
@@ -160,8 +165,9 @@ def fit(
                 break
         logs = {name: float(value) for name, value in logs.items()}
         if validation is not None:
-            scores = model.evaluate(*validation, batch_size=batch_size, verbose=0,
-                                    return_dict=True, callbacks=hooks)
+            with evaluation_weights(model, optimizer):
+                scores = model.evaluate(*validation, batch_size=batch_size, verbose=0,
+                                        return_dict=True, callbacks=hooks)
             logs.update({f"val_{name}": float(value) for name, value in scores.items()})
         history.epoch_seconds.append(time.perf_counter() - started)
         hooks.on_epoch_end(epoch, logs)
@@ -235,7 +241,9 @@ def _stop_if_diverged(loss: float, optimizer) -> None:
 
 def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray,
              output: OutputSpec = CARDIO) -> dict[str, float]:
-    """Loss, score and the task's test metrics on held-out data (`tasks.held_out_metrics`)."""
-    scores = model.evaluate(x, y, batch_size=4096, verbose=0, return_dict=True)
-    predicted = keras.ops.convert_to_numpy(model.predict(x, batch_size=4096, verbose=0))
+    """Loss, score and the task's test metrics on held-out data (`tasks.held_out_metrics`),
+    with the weights the optimizer evaluates with (`optimizers.evaluation_weights`)."""
+    with evaluation_weights(model, model.optimizer):
+        scores = model.evaluate(x, y, batch_size=4096, verbose=0, return_dict=True)
+        predicted = keras.ops.convert_to_numpy(model.predict(x, batch_size=4096, verbose=0))
     return held_out_metrics(scores, y, predicted, output)
