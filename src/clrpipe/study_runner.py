@@ -27,30 +27,16 @@ __all__ = [
 ]
 
 
-def build_optimizer(name: str, learning_rate, *, momentum: float = 0.0, group_of=None,
-                    **options):
-    """`clrpipe.optimizers.build_optimizer`, the one place the study's optimizers are made."""
-    try:
-        from clrpipe import optimizers
-    except ImportError:  # TEMPORARY until h-opt is merged: SGD and Adam only
-        import keras
+def build_optimizer(name: str, learning_rate, model, *, momentum: float = 0.0,
+                    group_of=None, **options):
+    """`optimizers.build_optimizer` for `model`: Muon gets the model's output layers as its
+    AdamW-fallback exclusions (`optimizers.muon_exclusions`), as the benchmark applies it."""
+    from clrpipe import optimizers
 
-        if name == "sgd":
-            return keras.optimizers.SGD(learning_rate, momentum=momentum)
-        if name == "adam":
-            return keras.optimizers.Adam(learning_rate)
-        raise ClrpipeError(f"study: optimizer {name} needs clrpipe.optimizers") from None
+    if name == "muon" and "exclude_layers" not in options:
+        options["exclude_layers"] = optimizers.muon_exclusions(model, group_of)
     return optimizers.build_optimizer(name, learning_rate, momentum=momentum,
                                       group_of=group_of, **options)
-
-
-def _evaluation(optimizer_name: str):
-    """The context that swaps in the weights to evaluate (averaged, EMA), or None."""
-    try:
-        from clrpipe import optimizers
-    except ImportError:
-        return None
-    return getattr(optimizers, "evaluation_weights", None)
 
 
 def schedule_of(job: Job, steps_per_epoch: int):
@@ -85,7 +71,8 @@ def range_test_task(model_params: ModelParams, optimizer: str, config: RangeTest
     keras.backend.clear_session()
     started = time.perf_counter()
     model = build_model(model_params, split.x.shape[1], seed, split.output)
-    opt = build_optimizer(optimizer, float(config.min_lr), momentum=momentum, **options)
+    opt = build_optimizer(optimizer, float(config.min_lr), model, momentum=momentum,
+                          **options)
     training.compile_model(model, opt, output=split.output)
     batch = min(batch_size, len(split.x) // 2)
     result = run_range_test(model, split.x, split.y, config, batch_size=batch)
@@ -109,11 +96,12 @@ def train_job_task(model_params: ModelParams, job: Job, momentum: float,
     output, score = split.output, split.output.score
     steps = math.ceil(len(split.x) / job.batch_size)
     schedule = schedule_of(job, steps)
-    evaluation = _evaluation(job.optimizer)
+    from clrpipe.optimizers import evaluation_weights
+
     started_ms = _now_ms()
 
     def make(model):
-        return build_optimizer(job.optimizer, schedule, momentum=momentum,
+        return build_optimizer(job.optimizer, schedule, model, momentum=momentum,
                                group_of=packed.group_of(model), **job.options)
 
     try:
@@ -121,7 +109,7 @@ def train_job_task(model_params: ModelParams, job: Job, momentum: float,
             model_params, job.seeds, make, split.x, split.y, epochs=job.epochs,
             batch_size=job.batch_size, order_seed=order_seed,
             validation=(split.x_val, split.y_val), test=(split.x_test, split.y_test),
-            output=output, steps_per_execution=steps_per_execution, evaluation=evaluation,
+            output=output, steps_per_execution=steps_per_execution, evaluation=evaluation_weights,
         )
     except ClrpipeError as err:
         if "diverged" not in str(err):
