@@ -54,7 +54,7 @@ def targets(data, task: str):
     return y, y_val
 
 
-@pytest.mark.parametrize(("name", "task"), [("sgd", "binary"), ("adam", "binary"),
+@pytest.mark.parametrize(("name", "task"), [("sgd", "binary"),
                                             ("adam", "multiclass"), ("sgd", "regression")])
 def test_packed_seeds_end_with_the_weights_and_scores_of_separate_trials(data, name, task):
     output = TASKS[task]

@@ -163,21 +163,27 @@ def predict(model: keras.Model, x: np.ndarray, chunk: int = 8192) -> np.ndarray:
 def copy_scores(predicted: np.ndarray, y: np.ndarray, output: OutputSpec = CARDIO
                 ) -> list[dict[str, float]]:
     """Each copy's mean loss and score (accuracy, or R² in the standardized units the network
-    trains in) on `y`, from the packed prediction."""
-    fn = keras.losses.get(output.loss)
+    trains in) on `y`, from the packed prediction, in numpy: Keras's cross-entropies (its
+    probability clipping to [eps, 1 - eps]) and squared error."""
+    eps = keras.config.epsilon()
+    truth = y.reshape(-1)
     found = []
-    for part in split_predictions(predicted):
-        loss = float(np.mean(keras.ops.convert_to_numpy(
-            _per_sample(fn, keras.ops.convert_to_tensor(y), keras.ops.convert_to_tensor(part)))))
+    for part in split_predictions(predicted.astype(np.float64)):
         if output.task == "binary":
-            score = float(np.mean((part.reshape(-1) > 0.5) == (y.reshape(-1) > 0.5)))
+            p = np.clip(part.reshape(-1), eps, 1 - eps)
+            loss = -np.mean(truth * np.log(p) + (1 - truth) * np.log(1 - p))
+            score = np.mean((part.reshape(-1) > 0.5) == (truth > 0.5))
         elif output.task == "multiclass":
-            score = float(np.mean(part.argmax(axis=-1) == y.reshape(-1).astype(int)))
+            p = part / part.sum(axis=-1, keepdims=True)
+            p = np.clip(p, eps, 1 - eps)
+            loss = -np.mean(np.log(p[np.arange(len(truth)), truth.astype(int)]))
+            score = np.mean(part.argmax(axis=-1) == truth.astype(int))
         else:
-            truth, guess = y.reshape(-1).astype(float), part.reshape(-1).astype(float)
-            spread = float(np.sum((truth - truth.mean()) ** 2))
-            score = 1.0 - float(np.sum((truth - guess) ** 2)) / max(spread, 1e-12)
-        found.append({"loss": loss, output.score: score})
+            guess = part.reshape(-1)
+            loss = np.mean((truth - guess) ** 2)
+            score = 1.0 - np.sum((truth - guess) ** 2) / max(
+                float(np.sum((truth - truth.mean()) ** 2)), 1e-12)
+        found.append({"loss": float(loss), output.score: float(score)})
     return found
 
 
