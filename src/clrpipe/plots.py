@@ -160,9 +160,9 @@ def compare_figures(
 
 def study_figures(found: Mapping, curves: Mapping[str, Mapping[str, Sequence[float]]]
                   ) -> dict[str, Figure]:
-    """The study (`metrics/study.json`'s content): per dataset each method's test score minus
-    the oracle's with its paired interval; the mean rank across datasets; and per dataset the
-    mean validation curve of each method (`curves[dataset][method]`)."""
+    """The study (`metrics/study.json`'s content): per dataset each method's paired (by seed)
+    test score difference to the oracle with its interval; the mean rank across datasets; and
+    per dataset the mean validation curve of each method (`curves[dataset][method]`)."""
     datasets = list(found["datasets"])
     gaps = Figure(figsize=(3.2 * len(datasets) + 1, 4.8), layout="constrained")
     axes = gaps.subplots(1, len(datasets), squeeze=False, sharey=True)[0]
@@ -172,12 +172,13 @@ def study_figures(found: Mapping, curves: Mapping[str, Mapping[str, Sequence[flo
         names = list(res["methods"])
         for i, name in enumerate(names):
             row = res["methods"][name]
-            gap = row["gap_to_oracle"]
+            gap = row["paired_mean"] if row["paired_mean"] is not None else row["gap_to_oracle"]
             if gap is None:
                 ax.scatter([0], [i], marker="x", color="red")
                 continue
             low, high = row["paired_ci_low"], row["paired_ci_high"]
-            err = None if low is None else [[unit * (gap - low)], [unit * (high - gap)]]
+            err = None if low is None else [[max(unit * (gap - low), 0.0)],
+                                            [max(unit * (high - gap), 0.0)]]
             color = {"win": "C2", "loss": "C3"}.get(row["verdict"], "C0")
             ax.errorbar([unit * gap], [i], xerr=err, fmt="o", capsize=3, color=color)
         ax.axvline(0, color="grey", lw=0.8)

@@ -232,6 +232,7 @@ def summarize_dataset(
             f"test_{metric}_ci_low": None if interval is None else interval.low,
             f"test_{metric}_ci_high": None if interval is None else interval.high,
             "gap_to_oracle": None if interval is None else interval.mean - oracle_mean,
+            "paired_mean": None if paired is None else paired.mean,
             "paired_ci_low": None if paired is None else paired.low,
             "paired_ci_high": None if paired is None else paired.high,
             "verdict": "oracle" if name == best_oracle else _verdict(paired),
