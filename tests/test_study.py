@@ -207,3 +207,27 @@ def test_figures_draw_zero_width_and_diverged_rows():
     figures = plots.study_figures(found, {"a": {"clr": [0.7, 0.75], "oracle_sgd": [0.7, 0.76]}})
     assert set(figures) == {"gap_to_oracle", "mean_rank", "validation"}
     assert all(plots.png_bytes(f).startswith(b"\x89PNG") for f in figures.values())
+
+
+def test_a_failing_training_fails_the_study_with_one_line_and_no_outputs(project):
+    result = CliRunner().invoke(cli.main, [
+        "study", "study.datasets={breast_cancer:{epochs:1,batch_size:64}}", "study.seeds=2",
+        "study.grid_seeds=2", "study.grid={sgd:{low:0.01,high:0.1,points:2}}",
+        "study.methods={bad:{optimizer:sgd,learning_rate:0.1,options:{no_such_option:1}}}",
+        "study.ray.num_cpus=2",
+    ])
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: study: breast_cancer bad failed:") and "no_such_option" in line
+    assert not any(path.exists() for path in OUTPUTS)
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("clrpipe")
+    (run,) = client.search_runs([experiment.experiment_id],
+                                filter_string="tags.`clrpipe.stage` = 'study'")
+    assert run.info.status == "FAILED"
+    children = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+    assert {c.data.tags["clrpipe.trial"] for c in children} >= {
+        "breast_cancer/bad/0", "breast_cancer/bad/1"}
+    assert {c.info.status for c in children} == {"FAILED"}
