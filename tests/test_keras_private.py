@@ -57,6 +57,18 @@ def test_optimizer_slot_and_schedule_lookups():
         _moved("Optimizer._learning_rate")
 
 
+def test_built_variables_are_the_ones_apply_updates_without_variables():
+    variables = [keras.Variable(np.zeros(3)), keras.Variable(np.ones(2))]
+    optimizer = keras.optimizers.SGD(0.5)
+    optimizer.build(variables)
+    assert hasattr(optimizer, "_trainable_variables"), _moved("Optimizer._trainable_variables")
+    found = keras_private.built_variables(optimizer)
+    assert [id(v) for v in found] == [id(v) for v in variables], \
+        _moved("Optimizer._trainable_variables")
+    optimizer.apply([np.ones(3), np.ones(2)])
+    assert variables[0].numpy().tolist() == [-0.5] * 3
+
+
 def test_config_name_lists_match_keras():
     """params.py checks activation and initializer names without importing Keras."""
     from keras.src.activations import ALL_OBJECTS_DICT as activations

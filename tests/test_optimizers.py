@@ -9,6 +9,7 @@ import re
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from clrpipe import optimizers, training
 from clrpipe.errors import ClrpipeError
@@ -62,21 +63,20 @@ def _data(seed=0, rows=64):
 
 def _train(model, optimizer, steps, copies):
     """`steps` full-batch steps of the summed squared error of the copies (each copy's gradient
-    is its own loss's)."""
+    is its own loss's), compiled as `training.fit` compiles them."""
     x, y = _data()
     optimizer.build(model.trainable_variables)
-    for _ in range(steps):
-        with _tape() as tape:
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
             out = model(x)
             loss = sum(keras.ops.mean(keras.ops.square(out[:, i] - y)) for i in range(copies))
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply(grads, model.trainable_variables)
 
-
-def _tape():
-    import tensorflow as tf
-
-    return tf.GradientTape()
+    for _ in range(steps):
+        step()
 
 
 def _build(name, model, group_of=None):
@@ -152,6 +152,13 @@ def test_muon_uses_adamw_for_the_output_layers_and_biases_only():
     assert [p for p in muon_exclusions(single) if re.search(p, "sequential/last/kernel")]
 
 
+def test_ports_refuse_base_options_their_per_step_work_would_bypass():
+    with pytest.raises(ClrpipeError, match="Prodigy: global_clipnorm not supported"):
+        Prodigy(1.0, global_clipnorm=1.0)
+    with pytest.raises(ClrpipeError, match="ScheduleFreeAdamW: use_ema not supported"):
+        ScheduleFreeAdamW(1e-3, use_ema=True)
+
+
 def test_configs_round_trip():
     for optimizer in (ScheduleFreeAdamW(1e-3, weight_decay=0.1, warmup_steps=5, r=0.5),
                       Prodigy(0.5, d_coef=2.0, weight_decay=0.01, growth_rate=1.02)):
@@ -191,25 +198,33 @@ def test_schedule_free_evaluates_the_average_and_swaps_back_exactly():
 
 
 def test_schedule_free_finalize_is_idempotent_and_training_resumes_from_y():
-    model = _model([("s0_", 3)])
-    optimizer = ScheduleFreeAdamW(3e-2)
-    twin = _model([("s0_", 3)])
-    twin_optimizer = ScheduleFreeAdamW(3e-2)
-    _steps(optimizer, model, 10)
-    _steps(twin_optimizer, twin, 10)
+    runs = [(_model([("s0_", 3)]), ScheduleFreeAdamW(3e-2)) for _ in range(3)]
+    for model, optimizer in runs:
+        _steps(optimizer, model, 10)
+    (model, optimizer), (twin, _), (bare, bare_optimizer) = runs
+    y = [v.numpy() for v in model.trainable_variables]
     with evaluation_weights(model, optimizer):
         averaged = [v.numpy() for v in model.trainable_variables]
-    finalize(model, optimizer)
-    finalize(model, optimizer)
+    for run in (runs[0], runs[2]):
+        finalize(*run)
+        finalize(*run)
     with evaluation_weights(model, optimizer):  # x is in already: nothing to swap
         again = [v.numpy() for v in model.trainable_variables]
     for a, b in zip(averaged, again, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-7)
     optimizers.resume(model, optimizer)
-    _steps(optimizer, model, 5)
-    _steps(twin_optimizer, twin, 5)
+    for a, b in zip(model.trainable_variables, y, strict=True):
+        np.testing.assert_allclose(a.numpy(), b, atol=1e-6)
+    for model_, optimizer_ in runs:
+        _steps(optimizer_, model_, 5)
     for a, b in zip(model.trainable_variables, twin.trainable_variables, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+    # Without resume, the next step restores y itself; only its gradient was taken at x.
+    assert int(bare_optimizer.evaluating) == 0
+    x_to_y = max(np.abs(a - b).max() for a, b in zip(averaged, y, strict=True))
+    off = max(np.abs(a.numpy() - b.numpy()).max() for a, b in
+              zip(bare.trainable_variables, twin.trainable_variables, strict=True))
+    assert off < 0.2 * x_to_y, (off, x_to_y)
 
 
 def test_ema_evaluates_the_moving_average_and_plain_optimizers_their_iterate():
@@ -262,3 +277,20 @@ def test_fit_validates_and_ends_with_the_evaluation_weights(name):
     model.set_weights(finished)
     assert training.evaluate(model, x_val, y_val, REGRESSION)["loss"] == \
         pytest.approx(final, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["muon", "prodigy"])
+def test_muon_and_prodigy_lower_the_validation_loss_in_the_compiled_fit(name):
+    """Inside `training.fit`'s compiled loop (Prodigy's sums in a `tf.while_loop`); the
+    schedule-free and EMA runs are trained by fit above, SGD and Adam in test_training.py."""
+    (x, y), (x_val, y_val) = _data(seed=2, rows=256), _data(seed=3, rows=64)
+    y, y_val = y[:, :1], y_val[:, :1]
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(16, "tanh"),
+                              keras.layers.Dense(1)])
+    start = float(keras.ops.mean(keras.ops.square(model(x_val) - y_val)))
+    options = {"exclude_layers": muon_exclusions(model)} if name == "muon" else {}
+    optimizer = build_optimizer(name, 1.0 if name == "prodigy" else 1e-2, **options)
+    training.compile_model(model, optimizer, steps_per_execution=8, output=REGRESSION)
+    history = training.fit(model, x, y, epochs=3, batch_size=32, validation=(x_val, y_val))
+    assert history.epochs["val_loss"][-1] < 0.9 * start

@@ -10,6 +10,9 @@ Keras 3 offers no public way to do these things, and clrpipe needs each of them:
   afterwards is unchanged (`keras.src.backend.common.global_state`).
 - `slot`: an optimizer's per-variable slot (e.g. SGD's momentum) for a custom `update_step`
   (`optimizer._get_variable_index`).
+- `built_variables`: the model variables an optimizer was built on (`optimizer.
+  _trainable_variables`), which Keras's `apply(grads)` uses when called without variables;
+  the schedule-free and Prodigy ports need them before that call.
 - `learning_rate_schedule`: the schedule object an optimizer holds (`optimizer._learning_rate`;
   the public `learning_rate` property evaluates it).
 - `compute_loss` / `call_has_training_arg`: what Keras's own `train_step` calls to get the loss
@@ -29,6 +32,7 @@ import keras
 import numpy as np
 
 __all__ = [
+    "built_variables",
     "call_has_training_arg",
     "compute_loss",
     "epoch_order_dataset",
@@ -68,6 +72,11 @@ def set_global_seed_generator(generator: Any) -> None:
 def slot(optimizer: keras.Optimizer, slots: list, variable) -> Any:
     """The entry of `slots` (a per-variable list such as `optimizer.momentums`) for `variable`."""
     return slots[optimizer._get_variable_index(variable)]
+
+
+def built_variables(optimizer: keras.Optimizer) -> list:
+    """The model variables `optimizer.build` was given (what `apply(grads)` updates)."""
+    return list(optimizer._trainable_variables)
 
 
 def learning_rate_schedule(optimizer: keras.Optimizer) -> Any:

@@ -5,10 +5,11 @@ the weights and Muon (Keras's, set up as yandex-research/tabular-dl-optimizers s
 and two ports of PyTorch references, each checked against its package in
 `tests/test_optimizers_parity.py`:
 
-- `ScheduleFreeAdamW`: `schedulefree.AdamWScheduleFree` (1.4.1). Keras's class of that name
-  averages iterates with weight 1/t and applies weight decay with the raw learning rate before
-  the step; the reference weights iterate t by lr_max_t ** `weight_lr_power` (lr_max_t the
-  largest warmed-up rate so far) and adds the decay to the normalised gradient at y.
+- `ScheduleFreeAdamW`: `schedulefree.AdamWScheduleFree` (1.4.1). Keras 3.15's class of that
+  name recovers x with the already updated z (it reads `momentum.value` after `assign_sub`),
+  averages iterates with weight 1/t and decays y with the raw learning rate before the step;
+  the reference weights iterate t by lr_max_t ** `weight_lr_power` (lr_max_t the largest
+  warmed-up rate so far) and adds the decay to the normalised gradient at y.
 - `Prodigy`: `prodigyopt.Prodigy` (1.1.2). Its step size d needs a sum over all variables
   before any update, so it overrides `apply`; it keeps one d per group of `group_of`.
 
@@ -97,8 +98,8 @@ def _rate(learning_rate):
 
 def muon_exclusions(model: keras.Model, group_of: GroupOf | None = None) -> list[str]:
     """Patterns for Muon's `exclude_layers`: each network's output layer (the last layer with
-    a kernel, per group of `group_of`) and any layer whose kernel has a side of 1, the matrices
-    the benchmark leaves to AdamW."""
+    a kernel, per group of `group_of`: pass it for a packed model) and any layer whose kernel
+    has a side of 1, the matrices the benchmark leaves to AdamW."""
     last: dict[Hashable, str] = {}
     thin: list[str] = []
     for layer in model.layers:
@@ -132,6 +133,7 @@ class ScheduleFreeAdamW(keras.optimizers.Optimizer):
     def __init__(self, learning_rate=0.0025, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  weight_decay=0.0, warmup_steps=0, r=0.0, weight_lr_power=2.0, name=None,
                  **kwargs):
+        _refuse("ScheduleFreeAdamW", kwargs, ("use_ema", "gradient_accumulation_steps"))
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.beta_1 = beta_1
         self.beta_2 = beta_2
@@ -156,7 +158,7 @@ class ScheduleFreeAdamW(keras.optimizers.Optimizer):
 
     def apply(self, grads, trainable_variables=None):
         """The step's rate and averaging weight (once for all variables), then Keras's apply."""
-        variables = list(self._trainable_variables if trainable_variables is None
+        variables = list(keras_private.built_variables(self) if trainable_variables is None
                          else trainable_variables)
         if not self.built:
             self.build(variables)
@@ -183,8 +185,8 @@ class ScheduleFreeAdamW(keras.optimizers.Optimizer):
         self.assign(z, ops.where(first, variable, z))
         k = ops.cast(self.iterations, "float64")
         correction = ops.cast(1.0 - ops.power(ops.cast(self.beta_2, "float64"), k + 1.0), dtype)
-        self.assign(v, ops.add(ops.multiply(v, self.beta_2),
-                               ops.multiply(ops.multiply(gradient, gradient), 1 - self.beta_2)))
+        self.assign(v, _addcmul(ops.multiply(v, self.beta_2), gradient, gradient,
+                                1 - self.beta_2))
         denom = ops.add(ops.sqrt(ops.divide(v, correction)), self.epsilon)
         u = ops.divide(gradient, denom)
         if self.decay:
@@ -220,12 +222,14 @@ class ScheduleFreeAdamW(keras.optimizers.Optimizer):
         """If x is in the model (after `finalize_variable_values`), restore y = lerp(x, z,
         1 - beta_1). `apply` does it too, for loops that do not call `restore_iterate`: then
         only that step's gradient was taken at x."""
-        evaluating = ops.equal(self.evaluating, 1)
-        for variable in variables:
-            z = keras_private.slot(self, self.z, variable)
-            self.assign(variable, ops.where(evaluating, _lerp(variable, z, 1.0 - self.beta_1),
-                                            variable))
-        self.evaluating.assign(0)
+
+        def restore():
+            for variable in variables:
+                z = keras_private.slot(self, self.z, variable)
+                self.assign(variable, _lerp(variable, z, 1.0 - self.beta_1))
+            self.evaluating.assign(0)
+
+        ops.cond(ops.equal(self.evaluating, 1), restore, lambda: None)
 
     def get_config(self):
         config = super().get_config()
@@ -235,6 +239,20 @@ class ScheduleFreeAdamW(keras.optimizers.Optimizer):
             "weight_lr_power": self.weight_lr_power,
         })
         return config
+
+
+def _refuse(owner: str, options: dict, names: tuple[str, ...]) -> None:
+    """Base-optimizer options the port's own per-step work would bypass (Prodigy's sums run
+    before Keras clips or unscales; schedule-free's scalars advance every call)."""
+    given = [name for name in names if options.get(name)]
+    if given:
+        raise ClrpipeError(f"{owner}: {', '.join(given)} not supported (the reference has "
+                           "no such option and the port's per-step sums would not see it)")
+
+
+def _addcmul(start, first, second, value):
+    """torch.addcmul's order, start + (value * first) * second, to round as the reference."""
+    return ops.add(start, ops.multiply(ops.multiply(first, value), second))
 
 
 def _lerp(start, end, weight):
@@ -271,6 +289,8 @@ class Prodigy(keras.optimizers.Optimizer):
                  weight_decay=0.0, decouple=True, use_bias_correction=False,
                  safeguard_warmup=False, d0=1e-6, d_coef=1.0, growth_rate=math.inf,
                  group_of: GroupOf | None = None, name=None, **kwargs):
+        _refuse("Prodigy", kwargs, ("clipnorm", "clipvalue", "global_clipnorm",
+                                    "loss_scale_factor", "gradient_accumulation_steps"))
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         if d0 <= 0:
             raise ClrpipeError(f"Prodigy: d0 must be positive, got {d0}")
@@ -310,7 +330,7 @@ class Prodigy(keras.optimizers.Optimizer):
 
     def apply(self, grads, trainable_variables=None):
         """Prodigy's sums over each group and its new d, then Keras's apply."""
-        variables = list(self._trainable_variables if trainable_variables is None
+        variables = list(keras_private.built_variables(self) if trainable_variables is None
                          else trainable_variables)
         if not self.built:
             self.build(variables)
@@ -357,8 +377,8 @@ class Prodigy(keras.optimizers.Optimizer):
                     self.assign(m, ops.add(ops.multiply(m, self.beta_1), ops.multiply(
                         grad, ops.cast(d * (1.0 - self.beta_1), dtype))))
                 v = keras_private.slot(self, self.exp_avg_sq, variable)
-                self.assign(v, ops.add(ops.multiply(v, self.beta_2), ops.multiply(
-                    ops.multiply(grad, grad), ops.cast(d * d * (1.0 - self.beta_2), dtype))))
+                self.assign(v, _addcmul(ops.multiply(v, self.beta_2), grad, grad,
+                                        ops.cast(d * d * (1.0 - self.beta_2), dtype)))
                 s = keras_private.slot(self, self.s, variable)
                 rate = scale * d if self.safeguard_warmup else scale * dlr
                 self.assign(s, ops.add(ops.multiply(s, beta_3),
@@ -390,8 +410,8 @@ class Prodigy(keras.optimizers.Optimizer):
         else:
             step = ops.cast(gradient, dtype)
             rate = -dlr * d
-        self.assign(variable, ops.add(variable, ops.multiply(
-            ops.divide(step, denom), ops.cast(rate, dtype))))
+        self.assign(variable, ops.add(variable, ops.divide(
+            ops.multiply(step, ops.cast(rate, dtype)), denom)))
 
     def get_config(self):
         config = super().get_config()
