@@ -24,6 +24,12 @@ Measures, with the minimum and median over `--repeats`:
   registered pyfunc against a Keras model with the preprocessing as layers, and `clrpipe
   predict` on the raw table (`bench/serving_bench.py`).
 
+`--study` measures the study instead (and needs no split): the packed training of 5 seeds
+(`clrpipe.packed`) against the same 5 seeds as separate trials (each `training.fit` with
+per-epoch validation, as `compare` trains them), on cardio and breast cancer with the study's
+epochs and batch sizes; and the whole study (`clrpipe study` as a new process in a temporary
+folder, `--csv` as cardio's raw table), its wall seconds.
+
 Nothing in the project directory is modified: stages run in temporary copies. `--quick` (for CI)
 measures only the epoch ratio (clrpipe's setting) and the range-test stage.
 """
@@ -479,6 +485,92 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------- the study
+
+
+def measure_packing(csv: Path, repeats: int, log=print) -> dict:
+    """Seconds of 5 seeds trained as one packed model against 5 separate trials, per dataset
+    (the study's epochs and batch size, SGD 0.01), and the largest weight difference."""
+    from clrpipe import packed, study_data
+    from clrpipe.params import CardioData, StudyParams
+
+    cfg = config.load((f"data.raw={csv}",))
+    study = StudyParams.model_validate(dict(cfg.study))
+    cardio = CardioData.model_validate(dict(cfg.data))
+    model_params = config.section(cfg, "model", ModelParams)
+    seeds = tuple(range(5))
+    found = {}
+    for name in ("breast_cancer", "cardio"):
+        ds = study.datasets[name]
+        split = study_data.load_dataset(name, cardio=cardio, split_dir=Path("none"),
+                                        test_size=study.test_size,
+                                        validation_fraction=study.validation_fraction,
+                                        seed=study.split_seed).split
+        together, apart = [], []
+        for repeat in range(repeats):
+            started = time.perf_counter()
+            result = packed.train_packed(
+                model_params, seeds, lambda _: keras.optimizers.SGD(0.01), split.x, split.y,
+                epochs=ds.epochs, batch_size=ds.batch_size, order_seed=study.order_seed,
+                validation=(split.x_val, split.y_val), test=(split.x_test, split.y_test),
+                output=split.output)
+            together.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            alone = []
+            for seed in seeds:
+                model = build_model(model_params, split.x.shape[1], seed, split.output)
+                training.compile_model(model, keras.optimizers.SGD(0.01), output=split.output)
+                training.fit(model, split.x, split.y, epochs=ds.epochs,
+                             batch_size=ds.batch_size, validation=(split.x_val, split.y_val),
+                             reshuffle_seed=study.order_seed)
+                training.evaluate(model, split.x_test, split.y_test, split.output)
+                alone.append(model)
+            apart.append(time.perf_counter() - started)
+            log(f"  packing {name} {repeat + 1}/{repeats}: packed {together[-1]:.1f} s, "
+                f"separate {apart[-1]:.1f} s")
+        diff = max(
+            float(np.max(np.abs(a - b.numpy())))
+            for i, model in enumerate(alone)
+            for a, b in zip(model.get_weights(),
+                            [v for layer in result.model.layers
+                             if layer.name.startswith(packed.seed_prefix(i))
+                             for v in layer.trainable_weights], strict=True)
+        )
+        found[name] = {"epochs": ds.epochs, "batch_size": ds.batch_size, "rows": len(split.x),
+                       "packed_s": stats(together), "separate_s": stats(apart),
+                       "speedup_of_min": min(apart) / min(together),
+                       "max_abs_weight_diff": diff}
+    return found
+
+
+def measure_study(csv: Path, log=print) -> dict:
+    """Wall seconds of the whole study, `clrpipe study` as a new process in a temporary folder
+    (the project's conf and params.yaml, an SQLite store there)."""
+    with tempfile.TemporaryDirectory(prefix="clrpipe-study-") as folder:
+        root = Path(folder)
+        shutil.copytree(DEFAULT_PROJECT / "conf", root / "conf")
+        shutil.copy(DEFAULT_PROJECT / "params.yaml", root / "params.yaml")
+        log("whole study (clrpipe study) ...")
+        seconds = run_command([clrpipe_exe(), "study", f"data.raw={csv}"], root)
+        found = json.loads((root / "metrics" / "study.json").read_text())
+    return {"wall_s": seconds, "stage_s": found["seconds"], "datasets": found["datasets"],
+            "cpus": os.cpu_count()}
+
+
+def study_markdown(results: dict) -> str:
+    lines = ["| dataset | epochs | batch | 5 seeds packed (min s) | 5 separate trials (min s) "
+             "| speed-up | max weight diff |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in results["packing"].items():
+        lines.append(f"| {name} | {r['epochs']} | {r['batch_size']} | {r['packed_s']['min']:.2f} "
+                     f"| {r['separate_s']['min']:.2f} | {r['speedup_of_min']:.2f}x | "
+                     f"{r['max_abs_weight_diff']:.1e} |")
+    if "study" in results:
+        s = results["study"]
+        lines += ["", f"Whole study ({', '.join(s['datasets'])}): {s['wall_s']:.0f} s wall "
+                      f"({s['stage_s']:.0f} s in the stage) on {s['cpus']} cores."]
+    return "\n".join(lines) + "\n"
+
+
 def log(text: str) -> None:
     """Progress on stderr, so stdout holds only the tables."""
     print(text, file=sys.stderr, flush=True)
@@ -501,7 +593,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epoch-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serving-only", action="store_true",
                         help="only the served request and `clrpipe predict` measurements")
+    parser.add_argument("--study", action="store_true",
+                        help="the study instead: packing's speed-up and the whole study's time")
+    parser.add_argument("--packing-only", action="store_true",
+                        help="with --study: only the packing speed-up")
     args = parser.parse_args(argv)
+    if args.study:
+        results = {"machine": machine(), "repeats": args.repeats,
+                   "packing": measure_packing(args.csv.resolve(), args.repeats, log)}
+        if not args.packing_only:
+            results["study"] = measure_study(args.csv.resolve(), log)
+        print(study_markdown(results))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        return results
     if args.tf_threads:
         training.limit_threads(args.tf_threads)
     project = args.project.resolve()

@@ -25,7 +25,9 @@ from pydantic import BaseModel
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
-STAGE_MODULES = ("fetch", "prepare", "split", "range_test", "train", "compare", "champion")
+STAGE_MODULES = ("fetch", "prepare", "split", "range_test", "train", "compare", "champion", "study")
+DVC_FILES = ("dvc.yaml", "study/dvc.yaml")
+"""The pipelines: the default one, and the study's (run by `dvc repro study/dvc.yaml`)."""
 ALWAYS = ("uv.lock",)
 
 
@@ -122,6 +124,17 @@ def stage_reads() -> dict[str, tuple[str, type[BaseModel]]]:
         for stage, reads in importlib.import_module(f"clrpipe.stages.{module}").STAGES.items():
             found[stage] = (module, reads)
     return found
+
+
+def load_pipelines() -> dict:
+    """Every stage of `DVC_FILES`, as one `dvc.yaml`-shaped mapping (stage names are unique
+    across them)."""
+    import yaml
+
+    stages: dict = {}
+    for name in DVC_FILES:
+        stages.update(yaml.safe_load((REPO / name).read_text())["stages"])
+    return {"stages": stages}
 
 
 def _entries(items) -> list[str]:

@@ -1,4 +1,5 @@
-"""dvc.yaml cannot lie: every stage lists every module it runs and every key it reads.
+"""dvc.yaml cannot lie: every stage lists every module it runs and every key it reads (the
+default pipeline's and the study's, `study/dvc.yaml`).
 
 `tests/dvc_graph.py` computes both from the code; these tests check dvc.yaml against them, and
 that the check itself catches the removal of any one entry.
@@ -9,12 +10,11 @@ from __future__ import annotations
 import copy
 
 import pytest
-import yaml
 
 from tests import dvc_graph
 from tests.conftest import REPO
 
-DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
+DVC_YAML = dvc_graph.load_pipelines()
 
 
 def test_dvc_yaml_lists_every_code_dependency_and_param():

@@ -114,6 +114,7 @@ PARAMS_KEYS = {
     "split": {"seed": "split.seed", "test_size": "split.test_size"},
     "prepare": {"raw": "data.raw"},
     "compare": {"seeds": "compare.seeds"},
+    "study": {"seeds": "study.seeds"},
 }
 
 
@@ -147,7 +148,7 @@ def test_mlproject_entry_points_pass_hydra_overrides():
     assert project.env_type == "python_env"
     assert Path(project.env_config_path) == REPO / "python_env.yaml"
     assert set(project._entry_points) == {
-        "main", "prepare", "split", "range_test", "train", "compare", "predict"
+        "main", "prepare", "split", "range_test", "train", "compare", "predict", "study"
     }
     for entry in project._entry_points.values():
         assert entry.parameters["overrides"].default == ""

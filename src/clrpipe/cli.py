@@ -78,6 +78,13 @@ def champion(overrides: tuple[str, ...]) -> None:
 
 
 @main.command()
+@OVERRIDES
+def study(overrides: tuple[str, ...]) -> None:
+    """The study: datasets x methods x seeds against a tuned oracle -> reports/study.md."""
+    _run("study", overrides)
+
+
+@main.command()
 @click.option("--version", "version", metavar="N", help="The registered version to serve.")
 @click.option("--run", "run_id", metavar="RUN_ID", help="The version this training run registered.")
 @click.option("--name", metavar="NAME", help="Registered model (default: registry.name).")

@@ -66,6 +66,10 @@ __all__ = [
     "Section",
     "SplitDir",
     "SplitParams",
+    "StudyDataset",
+    "StudyGrid",
+    "StudyMethod",
+    "StudyParams",
     "TableData",
     "TrackingParams",
     "TrainCommon",
@@ -630,6 +634,106 @@ class CompareParams(Section):
         return self
 
 
+# --- study --------------------------------------------------------------------------------------
+
+STUDY_DATASETS = ("cardio", "breast_cancer", "diabetes", "wine", "digits", "penguins")
+STUDY_OPTIMIZERS = ("sgd", "adam", "adamw_ema", "muon", "schedule_free_adamw", "prodigy")
+
+
+class StudyDataset(Section):
+    """`study.datasets.<name>:` how long and in which batches its networks train; `rows` keeps
+    that many rows of the table (a stratified sample; null: all)."""
+
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    rows: PositiveInt | None = None
+
+
+class StudyMethod(Section):
+    """`study.methods.<name>:` an optimizer, a learning rate (a number, or `range_test`: the
+    range test's constant suggestion, run with this optimizer) and a schedule; `triangular` and
+    `one_cycle` take their bounds from the range test. `cycles` full triangles fill the run."""
+
+    optimizer: Literal[STUDY_OPTIMIZERS]
+    learning_rate: Number | Literal["range_test"] | None = None
+    schedule: Literal["constant", "triangular", "one_cycle"] = "constant"
+    cycles: PositiveInt = 2
+    options: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _rate(self) -> StudyMethod:
+        if self.schedule == "constant" and self.learning_rate is None:
+            raise ValueError("learning_rate: expected a number or range_test for a constant "
+                             "schedule, got null")
+        if self.schedule != "constant" and self.learning_rate is not None:
+            raise ValueError(f"learning_rate: expected null for schedule {self.schedule} (its "
+                             f"bounds come from the range test), got {_show(self.learning_rate)}")
+        if isinstance(self.learning_rate, int | float) and not self.learning_rate > 0:
+            raise ValueError(f"learning_rate: expected > 0, got {_show(self.learning_rate)}")
+        return self
+
+    @property
+    def uses_range_test(self) -> bool:
+        return self.learning_rate == "range_test" or self.schedule != "constant"
+
+
+class StudyGrid(Section):
+    """`study.grid.<optimizer>:` the tuned oracle's `points` log-spaced constant rates from
+    `low` to `high` (the study's config has 8; tiny test configurations fewer), trained with
+    `study.grid_seeds` seeds each; the best on validation is the oracle."""
+
+    low: Number
+    high: Number
+    points: PositiveInt = 8
+
+    @model_validator(mode="after")
+    def _spaced(self) -> StudyGrid:
+        if not 0 < self.low < self.high:
+            raise ValueError(f"low: expected 0 < low < high ({_show(self.high)}), got "
+                             f"{_show(self.low)}")
+        if self.points < 2:
+            raise ValueError(f"points: expected >= 2 (the oracle is a search), got "
+                             f"{self.points}")
+        return self
+
+    def rates(self) -> list[float]:
+        step = (math.log10(self.high) - math.log10(self.low)) / (self.points - 1)
+        return [float(10 ** (math.log10(self.low) + i * step)) for i in range(self.points)]
+
+
+class StudyParams(Section):
+    """`study:` datasets x methods x seeds against a tuned oracle (see `clrpipe.study`)."""
+
+    datasets: dict[Literal[STUDY_DATASETS], StudyDataset]
+    methods: dict[str, StudyMethod]
+    grid: dict[Literal["sgd", "adam"], StudyGrid]
+    seeds: PositiveInt = 5
+    grid_seeds: PositiveInt = 5
+    first_seed: Integer = 0
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    tolerance: float = Field(default=0.01, ge=0)
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    test_size: float = Field(default=0.2, gt=0, lt=1)
+    validation_fraction: float = Field(default=0.2, gt=0, lt=1)
+    split_seed: Integer = 42
+    order_seed: Integer = 42
+    steps_per_execution: PositiveInt = 64
+    range_test: dict[Literal[STUDY_OPTIMIZERS], RangeTestParams] = {}
+    ray: RayParams = RayParams()
+
+    @model_validator(mode="after")
+    def _known(self) -> StudyParams:
+        if not self.datasets or not self.methods:
+            raise ValueError("datasets: expected at least one dataset and one method")
+        for name, method in self.methods.items():
+            if name.startswith("oracle"):
+                raise ValueError(f"methods: the name {name} is reserved for the tuned oracle")
+            if method.uses_range_test and method.optimizer not in self.range_test:
+                raise ValueError(f"range_test: expected a sweep for optimizer "
+                                 f"{method.optimizer} (used by methods.{name}), got none")
+        return self
+
+
 # --- the whole file -----------------------------------------------------------------------------
 
 
@@ -646,6 +750,7 @@ class Params(Section):
     prepare: PrepareParams
     split: SplitParams
     registry: RegistryParams = RegistryParams()
+    study: StudyParams | None = None
 
 
 # --- errors -------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ __all__ = [
     "png_bytes",
     "range_test_axes",
     "range_test_figure",
+    "study_figures",
     "training_figures",
 ]
 
@@ -155,3 +156,63 @@ def compare_figures(
         axes[0, 0].text(0.5, 0.5, "no network method", ha="center", transform=axes[0, 0].transAxes)
     axes[-1, 0].set_xlabel("optimizer step (learning rate read after each compiled call)")
     return {"test_accuracy": acc, "val_accuracy": val, "lr": lr}
+
+
+def study_figures(found: Mapping, curves: Mapping[str, Mapping[str, Sequence[float]]]
+                  ) -> dict[str, Figure]:
+    """The study (`metrics/study.json`'s content): per dataset each method's paired (by seed)
+    test score difference to the oracle with its interval; the mean rank across datasets; and
+    per dataset the mean validation curve of each method (`curves[dataset][method]`)."""
+    datasets = list(found["datasets"])
+    gaps = Figure(figsize=(3.2 * len(datasets) + 1, 4.8), layout="constrained")
+    axes = gaps.subplots(1, len(datasets), squeeze=False, sharey=True)[0]
+    for ax, dataset in zip(axes, datasets, strict=True):
+        res = found["results"][dataset]
+        unit = 100 if res["metric"] == "accuracy" else 1
+        names = list(res["methods"])
+        for i, name in enumerate(names):
+            row = res["methods"][name]
+            gap = row["paired_mean"] if row["paired_mean"] is not None else row["gap_to_oracle"]
+            if gap is None:
+                ax.scatter([0], [i], marker="x", color="red")
+                continue
+            low, high = row["paired_ci_low"], row["paired_ci_high"]
+            err = None if low is None else [[max(unit * (gap - low), 0.0)],
+                                            [max(unit * (high - gap), 0.0)]]
+            color = {"win": "C2", "loss": "C3"}.get(row["verdict"], "C0")
+            ax.errorbar([unit * gap], [i], xerr=err, fmt="o", capsize=3, color=color)
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set(title=dataset, xlabel="test " + ("accuracy points" if unit == 100 else "R²")
+               + " vs oracle")
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].invert_yaxis()
+
+    across = found["across_datasets"]
+    rank = Figure(figsize=(8, 4), layout="constrained")
+    ax = rank.subplots()
+    names = list(across)
+    ax.barh(range(len(names)), [across[n]["mean_rank"] for n in names], color="C0")
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel=f"mean rank over {len(datasets)} datasets (1 = best test score)",
+           title="mean rank across datasets")
+    ax.grid(alpha=0.3, axis="x")
+
+    val = Figure(figsize=(3.4 * len(datasets) + 1, 3.8), layout="constrained")
+    axes = val.subplots(1, len(datasets), squeeze=False)[0]
+    for ax, dataset in zip(axes, datasets, strict=True):
+        res = found["results"][dataset]
+        unit = 100 if res["metric"] == "accuracy" else 1
+        for i, (name, curve) in enumerate(curves.get(dataset, {}).items()):
+            ax.plot(np.arange(1, len(curve) + 1), unit * np.asarray(curve), color=f"C{i % 10}",
+                    label=name, lw=1)
+        if res["target_val"] is not None:
+            ax.axhline(unit * res["target_val"], color="grey", ls="--", lw=0.8)
+            low, high = ax.get_ylim()
+            ax.set_ylim(max(low, unit * (res["target_val"] - 0.15)), high)
+        ax.set(title=dataset, xlabel="epoch", ylabel="validation " + (
+            "accuracy %" if unit == 100 else "R²"))
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=6, loc="lower right")
+    return {"gap_to_oracle": gaps, "mean_rank": rank, "validation": val}

@@ -25,7 +25,6 @@ line naming the column; in a CSV request by its CSV parser, in one line naming t
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import logging
 import os
 import shutil
@@ -42,15 +41,15 @@ from mlflow.protos.databricks_pb2 import BAD_REQUEST
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, DataType, Schema
 
-from clrpipe import preprocess
+from clrpipe import preprocess, tracking
 from clrpipe.errors import ClrpipeError, first_line
 
 __all__ = ["MODEL_NAME", "REQUIREMENTS", "BadRequest", "ServingModel", "fitted_preprocessing",
            "load", "log_serving_model", "predict_file", "read_rows", "score", "signature"]
 
 MODEL_NAME = "serving"
-REQUIREMENTS = ("clrpipe", "mlflow", "tensorflow", "keras", "numpy", "pandas", "pandera",
-                "scikit-learn", "joblib", "pydantic")
+REQUIREMENTS = ("clrpipe", "pandas", "pandera", "scikit-learn", "joblib", "pydantic")
+"""What the serving model needs beyond a logged Keras model's `tracking.MODEL_PACKAGES`."""
 
 
 class BadRequest(MlflowException):
@@ -118,16 +117,6 @@ def signature(preprocessing, output: pd.DataFrame) -> ModelSignature:
     return ModelSignature(inputs=inputs, outputs=Schema(columns))
 
 
-def _requirements() -> list[str]:
-    found = []
-    for name in REQUIREMENTS:
-        try:
-            found.append(f"{name}=={importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return found
-
-
 def log_serving_model(network_file: Path, preprocessing, registered_name: str | None,
                       dataset: str, stage: str) -> dict[str, str]:
     """Log the pyfunc in the active MLflow run and register it as `registered_name` (None:
@@ -149,7 +138,7 @@ def log_serving_model(network_file: Path, preprocessing, registered_name: str | 
             name=MODEL_NAME, python_model=ServingModel(),
             artifacts={"network": str(network), "preprocessing": str(fitted)},
             signature=signature(preprocessing, model.predict(None, example)),
-            input_example=example, pip_requirements=_requirements(),
+            input_example=example, pip_requirements=tracking.model_requirements(*REQUIREMENTS),
             metadata={"clrpipe": {"kind": preprocessing.kind, "dataset": dataset,
                                   "columns": preprocessing.column_kinds()}},
         )
