@@ -76,6 +76,7 @@ __all__ = [
     "repair",
     "repair_values",
     "split_minimum",
+    "standardize",
     "validate",
 ]
 
@@ -463,3 +464,21 @@ def prepare(raw: bytes, source: str, limits: Limits) -> tuple[pd.DataFrame, dict
     if repaired[TARGET].nunique() < 2:
         raise ClrpipeError(f"{source}: column '{TARGET}' has one class left after repair")
     return add_features(repaired), report, notes
+
+
+def standardize(train: pd.DataFrame, test: pd.DataFrame) -> tuple[list[pd.DataFrame], dict]:
+    """The 14 features of both parts standardized by a scaler fitted on `train` only (float32,
+    target kept), and that scaler as {features, mean, scale}: what `split` writes to
+    scaler.json and the serving model applies."""
+    from sklearn.preprocessing import StandardScaler
+
+    features = list(FEATURES)
+    scaler = StandardScaler().fit(train[features])
+    parts = []
+    for part in (train, test):
+        scaled = pd.DataFrame(scaler.transform(part[features]).astype("float32"),
+                              columns=features)
+        scaled[TARGET] = part[TARGET].to_numpy()
+        parts.append(scaled)
+    return parts, {"features": features, "mean": scaler.mean_.tolist(),
+                   "scale": scaler.scale_.tolist()}

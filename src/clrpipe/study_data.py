@@ -119,22 +119,13 @@ def _cardio(cardio: CardioData, split_dir: Path, test_size: float, validation_fr
         if dataset.name == "cardio":
             split = split_arrays(train, test, dataset, validation_fraction, seed)
             return StudyData("cardio", split, str(split_dir), len(train) + len(test))
-    from sklearn.preprocessing import StandardScaler
-
     raw = download.read_raw(cardio.raw, cardio.kaggle_file)
     frame, _, _ = data.prepare(raw, str(cardio.raw), cardio.limits)
     frame = _sample(frame, rows, data.TARGET, seed, True)
     train, test = train_test_split(frame, test_size=test_size, random_state=seed,
                                    stratify=frame[data.TARGET])
-    features = list(data.FEATURES)
-    scaler = StandardScaler().fit(train[features])
-    parts = []
-    for part in (train, test):
-        scaled = pd.DataFrame(scaler.transform(part[features]).astype("float32"),
-                              columns=features)
-        scaled[data.TARGET] = part[data.TARGET].to_numpy()
-        parts.append(scaled)
-    dataset = Dataset(tuple(features), data.TARGET, CARDIO)
+    parts, _ = data.standardize(train, test)
+    dataset = Dataset(tuple(data.FEATURES), data.TARGET, CARDIO)
     split = split_arrays(parts[0], parts[1], dataset, validation_fraction, seed)
     return StudyData("cardio", split, str(cardio.raw), len(frame))
 

@@ -18,7 +18,6 @@ import click
 import pandas as pd
 from omegaconf import DictConfig
 from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
 
 from clrpipe import config, data, tables, tracking
 from clrpipe.errors import ClrpipeError, first_line
@@ -83,17 +82,9 @@ def run(cfg: DictConfig) -> dict:
 
 def _cardio(train: pd.DataFrame, test: pd.DataFrame, tmp_scaler: Path):
     """The 14 cardio features standardized with a scaler fitted on train."""
-    features = list(data.FEATURES)
-    scaler = StandardScaler().fit(train[features])
-    parts = []
-    for part in (train, test):
-        scaled = pd.DataFrame(scaler.transform(part[features]).astype("float32"),
-                              columns=features)
-        scaled[data.TARGET] = part[data.TARGET].to_numpy()
-        parts.append(scaled)
-    tmp_scaler.write_text(json.dumps({"features": features, "mean": scaler.mean_.tolist(),
-                                      "scale": scaler.scale_.tolist()}, indent=2) + "\n")
-    return parts, Dataset(tuple(features), data.TARGET, CARDIO)
+    parts, scaler = data.standardize(train, test)
+    tmp_scaler.write_text(json.dumps(scaler, indent=2) + "\n")
+    return parts, Dataset(tuple(data.FEATURES), data.TARGET, CARDIO)
 
 
 def _table(train, test, schema, table: TableData, tmp_fitted: Path):
