@@ -26,7 +26,7 @@ from mlflow.projects._project_spec import load_project
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from clrpipe import config, data, keras_private, schedules, tracking
+from clrpipe import config, data, keras_private, schedules, serving, tracking
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -226,7 +226,7 @@ def _stage_record(uri: str, experiment: str, stage: str) -> dict:
     run_id = run.info.run_id
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     mlflow.set_tracking_uri(uri)
-    (logged,) = mlflow.search_logged_models(
+    logged_models = mlflow.search_logged_models(  # the Keras network and the serving model
         experiment_ids=[run.info.experiment_id], output_format="list"
     )
     histories = {
@@ -245,9 +245,11 @@ def _stage_record(uri: str, experiment: str, stage: str) -> dict:
         "artifacts": sorted(
             a.path for folder in ("plots", "model") for a in client.list_artifacts(run_id, folder)
         ),
-        "model": (logged.name, logged.source_run_id == run_id, logged.status),
-        "model_files": sorted(
-            Path(a.path).name for a in client.list_logged_model_artifacts(logged.model_id)
+        "models": sorted(
+            (logged.name, logged.source_run_id == run_id, str(logged.status),
+             tuple(sorted(Path(a.path).name
+                          for a in client.list_logged_model_artifacts(logged.model_id))))
+            for logged in logged_models
         ),
         "datasets": sorted(
             (d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs
@@ -270,7 +272,8 @@ def test_server_uri_records_what_sqlite_records(mlflow_server, trained_project):
     assert sqlite["status"] == "FINISHED"
     assert sqlite["metric_steps"]["val_accuracy"] == [0, 1]
     assert "model/input_example.json" in sqlite["artifacts"]
-    assert "MLmodel" in sqlite["model_files"]
+    assert [name for name, *_ in sqlite["models"]] == sorted(["model", serving.MODEL_NAME])
+    assert all("MLmodel" in files for *_, files in sqlite["models"])
     for key, value in sqlite.items():
         assert server[key] == value, key
 
