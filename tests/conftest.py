@@ -105,13 +105,22 @@ def mlflow_server(tmp_path_factory) -> str:
     try:
         yield url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_server(server)
         log.close()
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """SIGTERM a server's process group (its workers too), SIGKILL after 30 s."""
+    import contextlib
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
 
 
 def _healthy(url: str) -> bool:

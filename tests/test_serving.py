@@ -6,11 +6,9 @@ categories, missing values) trained, scored and served the same way."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from clrpipe import cli, data, preprocess, registry
 from clrpipe.params import Limits
-from tests.conftest import REPO
+from tests.conftest import REPO, stop_server
 
 NAME = "clrpipe-cardio"
 PINNED = ("schedule.initial_learning_rate=1e-3", "schedule.maximal_learning_rate=0.05")
@@ -73,27 +71,15 @@ def served(real_split, tmp_path_factory):
         deadline = time.monotonic() + 180
         while not _pings(url):
             if server.poll() is not None or time.monotonic() > deadline:
-                _stop(server)
+                stop_server(server)
                 pytest.fail(f"mlflow models serve did not start:\n"
                             f"{(root / 'serve.log').read_text()}")
             time.sleep(0.5)
         try:
             yield root, url
         finally:
-            _stop(server)
+            stop_server(server)
             log.close()
-
-
-def _stop(server: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (uvicorn and its worker), SIGKILL after 30 s."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
 
 
 def _pings(url: str) -> bool:
