@@ -7,7 +7,7 @@ Measures, with the minimum and median over `--repeats`:
 
 - epoch: one baseline epoch of the article's network (the project's layer sizes and activation,
   no dropout or L2; batch 32, SGD 0.01, the fit part of the real split) through clrpipe's fast
-  path (`training.compile_model` + `training.fit` with the project's
+  path (`loop.compile_model` + `loop.fit` with the project's
   `train.steps_per_execution` / `train.jit_compile`) against the article's plain
   `model.compile(...); model.fit(x, y, batch_size=32, epochs=1)`, as a paired ratio per repeat,
   and whether the final weights are bit-identical for the same seed; plus variants
@@ -15,7 +15,7 @@ Measures, with the minimum and median over `--repeats`:
   limited to one thread, in a child process) with their max abs weight difference from plain
   fit; and, when the project's model has dropout or L2, clrpipe's setting against plain fit
   for that model too;
-- tracking: the `train` stage (`clrpipe.stages.train.run`) with tracking on (an SQLite store in
+- tracking: the `train` stage (`stages.train.run`) with tracking on (an SQLite store in
   a temporary directory) against off;
 - range_test: the `range_test` stage with the project's default settings;
 - pipeline (not with --quick): `dvc repro --force train_baseline train_clr` in a temporary copy
@@ -25,7 +25,7 @@ Measures, with the minimum and median over `--repeats`:
   predict` on the raw table (`bench/serving_bench.py`).
 
 `--study` measures the study instead (and needs no split): the packed training of 5 seeds
-(`clrpipe.packed`) against the same 5 seeds as separate trials (each `training.fit` with
+(`clrpipe.study.packed`) against the same 5 seeds as separate trials (each `loop.fit` with
 per-epoch validation, as `compare` trains them), on cardio and breast cancer with the study's
 epochs and batch sizes; and the whole study (`clrpipe study` as a new process in a temporary
 folder, `--csv` as cardio's raw table), its wall seconds.
@@ -57,10 +57,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 
-from clrpipe import config, training
-from clrpipe.model import build_model
-from clrpipe.params import ModelParams, SplitParams, TrainParams
-from clrpipe.trial import load_split, split_arrays
+from clrpipe.pipeline import config
+from clrpipe.pipeline.params import ModelParams, SplitParams, TrainParams
+from clrpipe.pipeline.training import loop
+from clrpipe.pipeline.training.model import build_model
+from clrpipe.pipeline.training.trial import load_split, split_arrays
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving_bench import markdown as serving_markdown
@@ -141,8 +142,8 @@ def time_epochs(
         model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0, callbacks=[timer])
         seconds = timer.seconds
     else:
-        training.compile_model(model, optimizer, steps_per_execution, jit_compile)
-        seconds = training.fit(model, x, y, epochs=epochs, batch_size=BATCH).epoch_seconds
+        loop.compile_model(model, optimizer, steps_per_execution, jit_compile)
+        seconds = loop.fit(model, x, y, epochs=epochs, batch_size=BATCH).epoch_seconds
     return seconds, [w.copy() for w in model.get_weights()]
 
 
@@ -284,14 +285,14 @@ def measure_tracking(
 ) -> dict:
     """The `train` stage with tracking on (SQLite store in the scratch dir) vs off.
 
-    Measured span: the whole `clrpipe.stages.train.run` call (load split, build, compile, fit
+    Measured span: the whole `stages.train.run` call (load split, build, compile, fit
     with per-epoch validation, test evaluation, writing model/metrics/CSVs; with tracking also
     the child run, params, per-epoch metrics, LR series, model, datasets and PNG curves).
     Outside it: process start and imports; one untimed run of each first (imports of mlflow's
     Keras flavour and matplotlib, creating the SQLite schema), as a real store already exists.
     Runs alternate on/off so drift affects both alike.
     """
-    from clrpipe.stages import train as stage
+    from clrpipe.pipeline.stages import train as stage
 
     overrides = [f"train.{variant}.epochs={epochs}"]
     with scratch_project(project, workdir, with_range_test=True):
@@ -317,10 +318,10 @@ def measure_tracking(
 
 
 def measure_range_test(project: Path, workdir: Path, repeats: int) -> dict:
-    """The `range_test` stage (`clrpipe.stages.range_test.run`) with the project's defaults,
+    """The `range_test` stage (`stages.range_test.run`) with the project's defaults,
     tracking included, after one untimed run (imports, creating the SQLite store); the sweep's
     own seconds (as the stage reports them) alongside. `range_test_process` adds a cold run."""
-    from clrpipe.stages import range_test as stage
+    from clrpipe.pipeline.stages import range_test as stage
 
     stage_s, sweep_s = [], []
     with scratch_project(project, workdir):
@@ -491,8 +492,8 @@ def markdown(results: dict) -> str:
 def measure_packing(csv: Path, repeats: int, log=print) -> dict:
     """Seconds of 5 seeds trained as one packed model against 5 separate trials, per dataset
     (the study's epochs and batch size, SGD 0.01), and the largest weight difference."""
-    from clrpipe import packed, study_data
-    from clrpipe.params import CardioData, StudyParams
+    from clrpipe.pipeline.params import CardioData, StudyParams
+    from clrpipe.study import datasets, packed
 
     cfg = config.load((f"data.raw={csv}",))
     study = StudyParams.model_validate(dict(cfg.study))
@@ -502,7 +503,7 @@ def measure_packing(csv: Path, repeats: int, log=print) -> dict:
     found = {}
     for name in ("breast_cancer", "cardio"):
         ds = study.datasets[name]
-        split = study_data.load_dataset(name, cardio=cardio, split_dir=Path("none"),
+        split = datasets.load_dataset(name, cardio=cardio, split_dir=Path("none"),
                                         test_size=study.test_size,
                                         validation_fraction=study.validation_fraction,
                                         seed=study.split_seed).split
@@ -519,11 +520,11 @@ def measure_packing(csv: Path, repeats: int, log=print) -> dict:
             alone = []
             for seed in seeds:
                 model = build_model(model_params, split.x.shape[1], seed, split.output)
-                training.compile_model(model, keras.optimizers.SGD(0.01), output=split.output)
-                training.fit(model, split.x, split.y, epochs=ds.epochs,
+                loop.compile_model(model, keras.optimizers.SGD(0.01), output=split.output)
+                loop.fit(model, split.x, split.y, epochs=ds.epochs,
                              batch_size=ds.batch_size, validation=(split.x_val, split.y_val),
                              reshuffle_seed=study.order_seed)
-                training.evaluate(model, split.x_test, split.y_test, split.output)
+                loop.evaluate(model, split.x_test, split.y_test, split.output)
                 alone.append(model)
             apart.append(time.perf_counter() - started)
             log(f"  packing {name} {repeat + 1}/{repeats}: packed {together[-1]:.1f} s, "
@@ -608,7 +609,7 @@ def main(argv: list[str] | None = None) -> dict:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
         return results
     if args.tf_threads:
-        training.limit_threads(args.tf_threads)
+        loop.limit_threads(args.tf_threads)
     project = args.project.resolve()
     repeats = args.repeats
     if not (project / "data" / "split" / "train.parquet").is_file():

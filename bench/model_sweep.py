@@ -38,10 +38,11 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import scratch_project
 
-from clrpipe import config, training
-from clrpipe.params import ConstantSchedule, ModelParams, SplitParams, TrainParams
-from clrpipe.stages import range_test
-from clrpipe.trial import load_split, split_arrays, train_trial
+from clrpipe.pipeline import config
+from clrpipe.pipeline.params import ConstantSchedule, ModelParams, SplitParams, TrainParams
+from clrpipe.pipeline.stages import range_test
+from clrpipe.pipeline.training import loop
+from clrpipe.pipeline.training.trial import load_split, split_arrays, train_trial
 
 PROJECT = Path(__file__).resolve().parent.parent
 FIELDS = ["setting", "units", "activation", "dropout", "l2", "method", "seed", "base_lr",
@@ -178,7 +179,7 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out.resolve()
     if not args.summary_only:
-        training.limit_threads(1)
+        loop.limit_threads(1)
         settings = [dict(zip(("name", "units", "activation", "dropout", "l2"), s, strict=True))
                     for s in SETTINGS]
         if args.settings:

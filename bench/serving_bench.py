@@ -2,7 +2,7 @@
 
 - latency: one 1-row request to a real `mlflow models serve` (127.0.0.1, `--env-manager
   local`), median and 90th percentile over `REQUESTS` after a warm-up, for the pyfunc the
-  training stage registers (`clrpipe.serving`: validation, repair, features, scaling in pandas
+  training stage registers (`tracking.serving`: validation, repair, features, scaling in pandas
   and numpy, then the network called directly) and for the alternative the issue named, a
   Keras model with the preprocessing as layers (the value repairs, features and scaling as
   Keras ops in front of the same trained network, logged with `mlflow.keras`); it cannot
@@ -132,8 +132,9 @@ def measure_serving(project: Path, csv: Path, workdir: Path, log=print) -> dict:
     from click.testing import CliRunner
     from mlflow.tracking import MlflowClient
 
-    from clrpipe import cli, registry, serving
-    from clrpipe.params import Limits
+    from clrpipe.pipeline import cli
+    from clrpipe.pipeline.params import Limits
+    from clrpipe.pipeline.tracking import registry, serving
 
     root = Path(tempfile.mkdtemp(prefix="serving-", dir=workdir))
     for name in ("conf", "params.yaml"):

@@ -77,8 +77,7 @@ def check_tracking(store: Path) -> None:
 
 def update_reference(metrics_dir: Path) -> None:
     """Set every check's `reference` to this run's value (4 significant digits)."""
-    from clrpipe import gate
-
+    from clrpipe.pipeline.comparison import gate
     current = gate.load_metrics_dir(metrics_dir)
     raw = json.loads(REFERENCE.read_text())
     for check in raw["checks"]:

@@ -1,6 +1,6 @@
 """What each DVC stage really depends on, computed from the code, and what `dvc.yaml` lacks.
 
-Code: the project modules a stage's process imports, transitively: `clrpipe.cli`'s top-level
+Code: the project modules a stage's process imports, transitively: `cli`'s top-level
 imports (the command DVC runs) plus everything its stage module imports, at any depth and
 inside functions too (a function-level import may run), and the files a module names in its
 `RUN_FILES` (scripts it runs in another interpreter). Every stage also depends on `uv.lock`:
@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import BaseModel
+
+from clrpipe.pipeline.cli import stage_module
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
@@ -91,9 +93,9 @@ def closure(roots: dict[str, bool]) -> set[str]:
 
 
 @functools.cache
-def code_deps(stage_module: str) -> frozenset[str]:
+def code_deps(module: str) -> frozenset[str]:
     """Repo-relative files a stage's process runs: its modules, their RUN_FILES, `uv.lock`."""
-    modules = closure({"clrpipe.cli": True, f"clrpipe.stages.{stage_module}": False})
+    modules = closure({"clrpipe.pipeline.cli": True, stage_module(module): False})
     files = {str(module_file(m).relative_to(REPO)) for m in modules}
     for name in modules:
         files.update(getattr(importlib.import_module(name), "RUN_FILES", ()))
@@ -121,7 +123,7 @@ def stage_reads() -> dict[str, tuple[str, type[BaseModel]]]:
     """DVC stage name -> (stage module, its `Reads` model), from every module's `STAGES`."""
     found = {}
     for module in STAGE_MODULES:
-        for stage, reads in importlib.import_module(f"clrpipe.stages.{module}").STAGES.items():
+        for stage, reads in importlib.import_module(stage_module(module)).STAGES.items():
             found[stage] = (module, reads)
     return found
 

@@ -39,7 +39,7 @@ def test_a_config_error_in_any_section_is_one_line_before_tensorflow(project, ar
     """The whole params.yaml is validated whichever stage runs (a bad value in a section the
     stage does not read is refused too), before TensorFlow, MLflow or Ray is imported."""
     probe = (
-        "import sys\nfrom clrpipe.cli import main\n"
+        "import sys\nfrom clrpipe.pipeline.cli import main\n"
         "try:\n    main(sys.argv[1:])\nexcept SystemExit as done:\n    code = done.code\n"
         "heavy = [m for m in ('tensorflow', 'keras', 'mlflow', 'ray') if m in sys.modules]\n"
         "print(code, heavy)\n"

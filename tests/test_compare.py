@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from clrpipe import cli, tracking
-from clrpipe.compare import (
+from clrpipe.errors import ClrpipeError
+from clrpipe.pipeline import cli
+from clrpipe.pipeline.comparison.compare import (
     TrialOutcome,
     fill_rates,
     first_reach,
@@ -21,8 +22,8 @@ from clrpipe.compare import (
     suggested_constant_lr,
     summarize,
 )
-from clrpipe.errors import ClrpipeError
-from clrpipe.params import schedule_spec
+from clrpipe.pipeline.params import schedule_spec
+from clrpipe.pipeline.tracking import runs
 from clrpipe.stats import difference_interval, median, t_interval
 
 BOUNDS = {"base_lr": 1e-3, "max_lr": 5e-2}
@@ -246,10 +247,10 @@ def test_a_diverging_trial_fails_the_run_and_writes_nothing(bounded_project):
     client = store(bounded_project)
     (run,) = compare_runs(client)
     assert run.info.status == "FAILED"
-    assert run.data.tags[tracking.ERROR_TAG].startswith("compare: trial constant_article")
+    assert run.data.tags[runs.ERROR_TAG].startswith("compare: trial constant_article")
     (kid,) = children(client, run)
     assert kid.info.status == "FAILED"
-    assert kid.data.tags[tracking.ERROR_TAG].startswith("training diverged")
+    assert kid.data.tags[runs.ERROR_TAG].startswith("training diverged")
 
 
 @pytest.mark.parametrize(
@@ -286,7 +287,7 @@ def test_null_rates_without_a_range_test_are_refused(trained_project):
 
 
 def test_the_target_is_the_datasets_or_the_reference_minus_a_margin():
-    from clrpipe.compare import target_score
+    from clrpipe.pipeline.comparison.compare import target_score
 
     trials = [outcome("clr", 0, 0.73, [0.74]),
               TrialOutcome("hgb", 0, 0.74, 0.5, 0.5, (0.745,), (1.0,), epochs=False),

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clrpipe import data
 from clrpipe.errors import ClrpipeError
+from clrpipe.pipeline.data import cardio
 
 HEADER = "id;age;gender;height;weight;ap_hi;ap_lo;cholesterol;gluc;smoke;alco;active;cardio"
 
@@ -36,11 +36,11 @@ def row(ap_hi=120, ap_lo=80, height=170, weight=70.0, cardio=0, gender=1, id=Non
 
 def parsed(*rows: str) -> pd.DataFrame:
     """Rows as numbers, without the whole-table checks (a tiny table has one class)."""
-    return data.parse_csv(table(*rows), "t.csv")[0].astype(float)
+    return cardio.parse_csv(table(*rows), "t.csv")[0].astype(float)
 
 
 def repaired(*rows: str) -> tuple[pd.DataFrame, dict]:
-    return data.repair(parsed(*rows), data.Limits())
+    return cardio.repair(parsed(*rows), cardio.Limits())
 
 
 REAL_REPORT = {
@@ -70,12 +70,12 @@ REAL_REPORT = {
 
 
 def test_real_table_repair_report_counts(cardio_bytes):
-    features, report, notes = data.prepare(cardio_bytes, "cardio_train.csv", data.Limits())
+    features, report, notes = cardio.prepare(cardio_bytes, "cardio_train.csv", cardio.Limits())
     assert report == REAL_REPORT
     assert notes == []
     assert len(features) == 69908
-    assert list(features.columns) == [*data.FEATURES, data.TARGET]
-    assert features[list(data.FEATURES)].notna().all().all()
+    assert list(features.columns) == [*cardio.FEATURES, cardio.TARGET]
+    assert features[list(cardio.FEATURES)].notna().all().all()
     assert features["ap_hi"].between(60, 250).all() and features["ap_lo"].between(30, 200).all()
     assert (features["ap_hi"] > features["ap_lo"]).all()
     assert features["cardio"].mean() == pytest.approx(0.4997, abs=0.002)
@@ -120,7 +120,7 @@ def test_impossible_bodies_are_dropped_with_first_reason_counted():
 
 
 def test_features_are_derived_from_repaired_values():
-    features = data.add_features(parsed(row(ap_hi=140, ap_lo=90, height=180, weight=81.0)))
+    features = cardio.add_features(parsed(row(ap_hi=140, ap_lo=90, height=180, weight=81.0)))
     first = features.iloc[0]
     assert first.age_years == pytest.approx(18000 / 365.25)
     assert first.bmi == pytest.approx(25.0)
@@ -131,7 +131,7 @@ def test_features_are_derived_from_repaired_values():
 
 def test_limits_must_be_ordered():
     with pytest.raises(ValueError, match="0 < low < high"):
-        data.Limits(height=(200, 100))
+        cardio.Limits(height=(200, 100))
 
 
 def test_core_does_no_file_or_network_io(cardio_bytes, monkeypatch):
@@ -141,14 +141,14 @@ def test_core_does_no_file_or_network_io(cardio_bytes, monkeypatch):
     monkeypatch.setattr(builtins, "open", forbidden)
     monkeypatch.setattr(socket, "socket", forbidden)
     head = cardio_bytes[: cardio_bytes.index(b"\n", 200_000) + 1]
-    features, report, _ = data.prepare(head, "head.csv", data.Limits())
+    features, report, _ = cardio.prepare(head, "head.csv", cardio.Limits())
     assert report["rows_in"] == head.count(b"\n") - 1
-    assert np.isfinite(features[list(data.FEATURES)].to_numpy()).all()
+    assert np.isfinite(features[list(cardio.FEATURES)].to_numpy()).all()
 
 
 def test_missing_values_are_refused_naming_column_and_row():
     with pytest.raises(ClrpipeError) as err:
-        data.validate(data.parse_csv(table(row(), row(ap_lo="")), "t.csv")[0], "t.csv")
+        cardio.validate(cardio.parse_csv(table(row(), row(ap_lo="")), "t.csv")[0], "t.csv")
     assert str(err.value) == (
         "t.csv: column 'ap_lo' has 1 missing value(s) (first in data row 2: blank); expected a "
         "number in every row (clrpipe does not impute)"
@@ -156,7 +156,7 @@ def test_missing_values_are_refused_naming_column_and_row():
 
 
 def validated(raw: bytes) -> pd.DataFrame:
-    return data.validate(data.parse_csv(raw, "t.csv")[0], "t.csv")
+    return cardio.validate(cardio.parse_csv(raw, "t.csv")[0], "t.csv")
 
 
 def with_cell(column: str, value: str) -> bytes:
@@ -227,7 +227,7 @@ def test_duplicate_ids_keep_the_first_row_and_are_counted_by_kind():
 
 def test_duplicates_compare_values_as_numbers_and_ids_as_written():
     raw = table(row(id=5, weight=70), row(id=5, weight="70.0"), row(id="05", cardio=1))
-    _, report, _ = data.prepare(raw, "t.csv", data.Limits())
+    _, report, _ = cardio.prepare(raw, "t.csv", cardio.Limits())
     assert report["dropped_duplicate_row"] == 1 and report["dropped_duplicate_id"] == 0
 
 
@@ -243,7 +243,7 @@ def test_without_an_id_column_exact_duplicate_rows_are_dropped():
     lines = table(row(), row(weight=80.0), row(cardio=1)).decode().splitlines()
     no_id = [line.split(";", 1)[1] for line in lines]
     raw = "\n".join([*no_id, no_id[1], no_id[2], no_id[1]]).encode()
-    df, report, _ = data.prepare(raw, "t.csv", data.Limits())
+    df, report, _ = cardio.prepare(raw, "t.csv", cardio.Limits())
     assert report["dropped_duplicate_row"] == 3 and report["dropped_duplicate_id"] == 0
     assert report["rows_in"] == 6 and report["rows_out"] == 3
     assert df.weight.tolist() == [70.0, 80.0, 70.0]
@@ -256,15 +256,15 @@ def test_different_ids_with_equal_values_are_different_patients():
 
 
 def test_the_id_is_read_but_is_not_a_feature():
-    frame, notes = data.parse_csv(table(row(id=7)), "t.csv")
+    frame, notes = cardio.parse_csv(table(row(id=7)), "t.csv")
     assert frame["id"].tolist() == ["7"] and notes == []
-    features, _, _ = data.prepare(table(row(), row(cardio=1)), "t.csv", data.Limits())
-    assert list(features.columns) == [*data.FEATURES, data.TARGET]
+    features, _, _ = cardio.prepare(table(row(), row(cardio=1)), "t.csv", cardio.Limits())
+    assert list(features.columns) == [*cardio.FEATURES, cardio.TARGET]
 
 
 def refusal(raw: bytes) -> str:
     with pytest.raises(ClrpipeError) as err:
-        data.parse_csv(raw, "t.csv")
+        cardio.parse_csv(raw, "t.csv")
     return str(err.value)
 
 
@@ -360,7 +360,7 @@ def test_non_utf8_inputs_are_recognised_and_told_what_to_do(kind):
 
 def test_a_bzip2_lookalike_text_is_still_read_as_text():
     raw = table(row(), row(cardio=1)).replace(b"id;", b"BZh;", 1)
-    frame, notes = data.parse_csv(raw, "t.csv")
+    frame, notes = cardio.parse_csv(raw, "t.csv")
     assert len(frame) == 2 and notes == ["t.csv: ignoring extra column(s) bzh"]
 
 
@@ -369,19 +369,19 @@ def test_a_bzip2_lookalike_text_is_still_read_as_text():
                                (0.9, 10), (0.3, 4)],
 )
 def test_split_minimum_per_class(test_size, minimum):
-    assert data.split_minimum(test_size) == minimum
+    assert cardio.split_minimum(test_size) == minimum
 
 
 def test_a_table_too_small_to_split_is_refused_stating_the_minimum():
     target = pd.Series([0, 0, 0, 1, 1])
     with pytest.raises(ClrpipeError) as err:
-        data.check_splittable(target, 0.2, "p.parquet")
+        cardio.check_splittable(target, 0.2, "p.parquet")
     assert str(err.value) == (
         "p.parquet: too few rows to split (5 rows: 3 of class 0, 2 of class 1); a stratified "
         "split with split.test_size=0.2 needs at least 5 rows of each 'cardio' class (10 in all) "
         "so that train and test both get both classes"
     )
-    data.check_splittable(pd.Series([0] * 5 + [1] * 5), 0.2, "p.parquet")
+    cardio.check_splittable(pd.Series([0] * 5 + [1] * 5), 0.2, "p.parquet")
 
 
 @pytest.mark.parametrize("test_size", [0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9])
@@ -389,7 +389,7 @@ def test_the_split_minimum_is_enough_for_sklearn(test_size):
     """At the minimum (and just above it, imbalanced), both parts get both classes."""
     from sklearn.model_selection import train_test_split
 
-    minimum = data.split_minimum(test_size)
+    minimum = cardio.split_minimum(test_size)
     for count_0, count_1 in itertools.product((minimum, minimum + 1), (minimum, minimum + 3, 97)):
         y = np.array([0] * count_0 + [1] * count_1)
         for seed in range(3):

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
-from clrpipe import cli
+from clrpipe.pipeline import cli
 from tests.test_dvc_pipeline import BIN, Pipeline, all_runs, build_repo, find_exp, ran
 
 SMALL = ["train.clr.batch_size=32", "train.baseline.epochs=20", "train.clr.epochs=20",

@@ -17,7 +17,7 @@ from sklearn.datasets import load_digits
 
 from clrpipe import CyclicalLearningRate, LRFinder, keras_private, lr_range_test
 from clrpipe.errors import ClrpipeError
-from clrpipe.params import RangeTestParams
+from clrpipe.pipeline.params import RangeTestParams
 from clrpipe.range_test_runner import sweep
 
 BATCH = 64

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from clrpipe import cli, gate
 from clrpipe.errors import ClrpipeError
+from clrpipe.pipeline import cli
+from clrpipe.pipeline.comparison import gate
 from tests.conftest import REPO
 
 PINNED = ("schedule.initial_learning_rate=1e-4", "schedule.maximal_learning_rate=1e-2")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from clrpipe import tracking
+from clrpipe.pipeline.tracking import runs
 
 CLRPIPE = Path(sys.executable).with_name("clrpipe")
 
@@ -32,11 +32,11 @@ def _training_run(client: MlflowClient, stage: str, process: subprocess.Popen, l
             pytest.fail(f"the stage ended before it could be interrupted:\n{log.read_text()}")
         experiment = client.get_experiment_by_name("clrpipe")
         if experiment is not None:
-            runs = client.search_runs(
-                [experiment.experiment_id], filter_string=f"tags.`{tracking.STAGE_TAG}` = '{stage}'"
+            found = client.search_runs(
+                [experiment.experiment_id], filter_string=f"tags.`{runs.STAGE_TAG}` = '{stage}'"
             )
-            if runs and client.get_metric_history(runs[0].info.run_id, "loss"):
-                return runs[0]
+            if found and client.get_metric_history(found[0].info.run_id, "loss"):
+                return found[0]
         time.sleep(0.2)
     pytest.fail(f"no epoch of {stage} was logged:\n{log.read_text()}")
 
@@ -69,7 +69,7 @@ def test_interrupted_training_ends_killed_and_writes_nothing(trained_project, si
     assert returncode == 128 + sig
     run = client.get_run(run.info.run_id)
     assert run.info.status == "KILLED"
-    assert run.data.tags[tracking.ERROR_TAG] == "interrupted"
+    assert run.data.tags[runs.ERROR_TAG] == "interrupted"
     assert 1 <= len(client.get_metric_history(run.info.run_id, "loss")) < 1000
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.info.status == "KILLED"

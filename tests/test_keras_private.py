@@ -8,7 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from clrpipe import keras_private, params
+from clrpipe import keras_private
+from clrpipe.pipeline import params
 
 VERSION = f"Keras {keras.__version__}"
 

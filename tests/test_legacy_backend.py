@@ -13,7 +13,9 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from clrpipe import cli, data, keras_private
+from clrpipe import keras_private
+from clrpipe.pipeline import cli
+from clrpipe.pipeline.data import cardio
 from clrpipe.schedules import CyclicalLearningRate
 
 pytestmark = [pytest.mark.legacy, pytest.mark.slow]
@@ -39,7 +41,7 @@ def test_tfa_backend_trains_through_the_stage(trained_project):
     test = pd.read_parquet("data/split/test.parquet")
     model = keras.models.load_model("models/train_clr.keras")
     _, accuracy = model.evaluate(
-        test[list(data.FEATURES)].to_numpy("float32"), test[data.TARGET].to_numpy("float32"),
+        test[list(cardio.FEATURES)].to_numpy("float32"), test[cardio.TARGET].to_numpy("float32"),
         batch_size=4096, verbose=0,
     )
     assert accuracy == pytest.approx(metrics["tfa_test_accuracy"], abs=1e-4)

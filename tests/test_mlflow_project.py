@@ -26,7 +26,10 @@ from mlflow.projects._project_spec import load_project
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from clrpipe import config, data, keras_private, schedules, serving, tracking
+from clrpipe import keras_private, schedules
+from clrpipe.pipeline import config
+from clrpipe.pipeline.data import cardio
+from clrpipe.pipeline.tracking import runs, serving
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -58,7 +61,7 @@ def runs_by_stage(client: MlflowClient, experiment: str, stage: str):
     found = client.get_experiment_by_name(experiment)
     assert found is not None, f"no experiment {experiment}"
     return client.search_runs(
-        [found.experiment_id], filter_string=f"tags.`{tracking.STAGE_TAG}` = '{stage}'"
+        [found.experiment_id], filter_string=f"tags.`{runs.STAGE_TAG}` = '{stage}'"
     )
 
 
@@ -66,14 +69,14 @@ def runs_by_stage(client: MlflowClient, experiment: str, stage: str):
 
 
 def test_tracking_uri_env_overrides_config(project):
-    assert tracking.store_uri("http://server:5000", {}) == "http://server:5000"
-    assert tracking.store_uri("sqlite:///mlflow.db", {"MLFLOW_TRACKING_URI": ""}) == (
+    assert runs.store_uri("http://server:5000", {}) == "http://server:5000"
+    assert runs.store_uri("sqlite:///mlflow.db", {"MLFLOW_TRACKING_URI": ""}) == (
         f"sqlite:///{project / 'mlflow.db'}"
     )
     env = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}
-    assert tracking.store_uri("sqlite:///mlflow.db", env) == "http://127.0.0.1:5000"
+    assert runs.store_uri("sqlite:///mlflow.db", env) == "http://127.0.0.1:5000"
     env = {"MLFLOW_TRACKING_URI": "sqlite:///other.db"}
-    assert tracking.store_uri("http://server:5000", env) == f"sqlite:///{project / 'other.db'}"
+    assert runs.store_uri("http://server:5000", env) == f"sqlite:///{project / 'other.db'}"
 
 
 def test_stage_under_mlflow_run_goes_to_the_parents_store_and_experiment(project, monkeypatch):
@@ -91,7 +94,7 @@ def test_stage_under_mlflow_run_goes_to_the_parents_store_and_experiment(project
     monkeypatch.delenv("DVC_ROOT", raising=False)
 
     cfg = config.load(["tracking.experiment=elsewhere"])
-    with tracking.stage_run(cfg, "unit") as run:
+    with runs.stage_run(cfg, "unit") as run:
         run.log_metrics({"x": 1.0})
         mlflow.log_param("fluent", "yes")
 
@@ -212,7 +215,7 @@ def test_mlflow_run_train_against_a_server(mlflow_server, mlflow_project):
     schedule = keras_private.learning_rate_schedule(model.optimizer)
     assert isinstance(schedule, schedules.CyclicalLearningRate)
     test = pd.read_parquet(mlflow_project / "data/split/test.parquet")
-    x = test[list(data.FEATURES)].to_numpy("float32")[:256]
+    x = test[list(cardio.FEATURES)].to_numpy("float32")[:256]
     in_memory = keras.models.load_model(mlflow_project / "models/train_clr.keras")
     np.testing.assert_allclose(
         model.predict(x, verbose=0).ravel(), in_memory.predict(x, verbose=0).ravel(), rtol=1e-6
@@ -235,7 +238,7 @@ def _stage_record(uri: str, experiment: str, stage: str) -> dict:
     }
     return {
         "status": run.info.status,
-        "parent": (parent.info.status, parent.data.tags[tracking.PIPELINE_TAG]),
+        "parent": (parent.info.status, parent.data.tags[runs.PIPELINE_TAG]),
         "params": {k: v for k, v in run.data.params.items() if k != "tracking.uri"},
         "tags": sorted(run.data.tags),
         "metric_steps": {k: [step for step, _ in h] for k, h in histories.items()},
@@ -384,7 +387,7 @@ def test_dockerfile_installs_the_locked_project():
             ["git", "ls-files", source], cwd=REPO, capture_output=True, text=True, check=True
         ).stdout.split():
             assert not _dockerignored(tracked) or "__pycache__" in tracked, tracked
-    for needed in ("src/clrpipe/cli.py", "conf/config.yaml", "params.yaml", "dvc.yaml",
+    for needed in ("src/clrpipe/pipeline/cli.py", "conf/config.yaml", "params.yaml", "dvc.yaml",
                    "metrics/range_test.json", ".dvc/config", "uv.lock"):
         assert any(needed == s.rstrip("/") or needed.startswith(s) for s in copied), needed
     for excluded in (".venv", "legacy/.venv", "data/raw/cardio_train.csv", "mlflow.db", ".git",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from clrpipe import optimizers, training
+from clrpipe import optimizers
 from clrpipe.errors import ClrpipeError
 from clrpipe.optimizers import (
     NAMES,
@@ -22,7 +22,8 @@ from clrpipe.optimizers import (
     finalize,
     muon_exclusions,
 )
-from clrpipe.tasks import OutputSpec
+from clrpipe.pipeline.data.tasks import OutputSpec
+from clrpipe.pipeline.training import loop
 
 FEATURES = 5
 REGRESSION = OutputSpec("regression")
@@ -259,14 +260,14 @@ def test_fit_validates_and_ends_with_the_evaluation_weights(name):
     model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(8, "tanh"),
                               keras.layers.Dense(1)])
     optimizer = build_optimizer(name, 3e-2)
-    training.compile_model(model, optimizer, steps_per_execution=4, output=REGRESSION)
+    loop.compile_model(model, optimizer, steps_per_execution=4, output=REGRESSION)
     seen = {}
 
     class Raw(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):  # after validation: the iterate is back in
             seen[epoch] = [v.numpy() for v in model.trainable_variables]
 
-    history = training.fit(model, x, y, epochs=2, batch_size=16, validation=(x_val, y_val),
+    history = loop.fit(model, x, y, epochs=2, batch_size=16, validation=(x_val, y_val),
                            callbacks=[Raw()])
     final = model.evaluate(x_val, y_val, verbose=0, return_dict=True)["loss"]
     assert history.epochs["val_loss"][-1] == pytest.approx(final, rel=1e-6)
@@ -275,7 +276,7 @@ def test_fit_validates_and_ends_with_the_evaluation_weights(name):
     raw = model.evaluate(x_val, y_val, verbose=0, return_dict=True)["loss"]
     assert abs(raw - final) > 1e-4 * final
     model.set_weights(finished)
-    assert training.evaluate(model, x_val, y_val, REGRESSION)["loss"] == \
+    assert loop.evaluate(model, x_val, y_val, REGRESSION)["loss"] == \
         pytest.approx(final, rel=1e-6)
 
 
@@ -291,6 +292,6 @@ def test_muon_and_prodigy_lower_the_validation_loss_in_the_compiled_fit(name):
     start = float(keras.ops.mean(keras.ops.square(model(x_val) - y_val)))
     options = {"exclude_layers": muon_exclusions(model)} if name == "muon" else {}
     optimizer = build_optimizer(name, 1.0 if name == "prodigy" else 1e-2, **options)
-    training.compile_model(model, optimizer, steps_per_execution=8, output=REGRESSION)
-    history = training.fit(model, x, y, epochs=3, batch_size=32, validation=(x_val, y_val))
+    loop.compile_model(model, optimizer, steps_per_execution=8, output=REGRESSION)
+    history = loop.fit(model, x, y, epochs=3, batch_size=32, validation=(x_val, y_val))
     assert history.epochs["val_loss"][-1] < 0.9 * start

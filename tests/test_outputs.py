@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from clrpipe import cli, outputs
 from clrpipe.errors import ClrpipeError
-from clrpipe.outputs import atomic_outputs
+from clrpipe.pipeline import cli, outputs
+from clrpipe.pipeline.outputs import atomic_outputs
 
 PAGE = 4096
 FULL = "No space left on device"

@@ -6,10 +6,11 @@ import keras
 import numpy as np
 import pytest
 
-from clrpipe import packed, training
-from clrpipe.model import build_model
-from clrpipe.params import BuiltinModel
-from clrpipe.tasks import OutputSpec
+from clrpipe.pipeline.data.tasks import OutputSpec
+from clrpipe.pipeline.params import BuiltinModel
+from clrpipe.pipeline.training import loop
+from clrpipe.pipeline.training.model import build_model
+from clrpipe.study import packed
 
 PARAMS = BuiltinModel(units=[16, 8], dropout=0.1)
 SEEDS = (3, 11)
@@ -25,8 +26,8 @@ def optimizer_of(name: str):
 def alone(data, seed: int, name: str, output: OutputSpec, y, y_val):
     x, _, x_val, _ = data
     model = build_model(PARAMS, x.shape[1], seed, output)
-    training.compile_model(model, optimizer_of(name), 16, output=output)
-    history = training.fit(model, x, y, epochs=3, batch_size=32, validation=(x_val, y_val),
+    loop.compile_model(model, optimizer_of(name), 16, output=output)
+    history = loop.fit(model, x, y, epochs=3, batch_size=32, validation=(x_val, y_val),
                            reshuffle_seed=ORDER_SEED)
     return model.get_weights(), history
 

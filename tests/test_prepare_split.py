@@ -16,9 +16,10 @@ import pytest
 from click.testing import CliRunner
 from sklearn.linear_model import LogisticRegression
 
-from clrpipe import cli, data, download
 from clrpipe.errors import ClrpipeError
-from clrpipe.params import CardioData
+from clrpipe.pipeline import cli
+from clrpipe.pipeline.data import cardio, download
+from clrpipe.pipeline.params import CardioData
 
 OUTPUTS = ("data/prepared/table.parquet", "metrics/prepare.json")
 SAMPLE_ROWS = 3000
@@ -69,7 +70,7 @@ def prepared_features() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, sample_lines) -> pd.DataFrame:
     """Features prepared from the unmodified sample, to compare accepted variants against."""
-    frame, report, _ = data.prepare(join(columns(sample_lines)), "sample.csv", data.Limits())
+    frame, report, _ = cardio.prepare(join(columns(sample_lines)), "sample.csv", cardio.Limits())
     assert report["rows_in"] == SAMPLE_ROWS
     return frame
 
@@ -277,7 +278,7 @@ def test_split_is_stratified_and_scaled_on_train_only(real_split):
     scaler = json.loads((real_split / "data/split/scaler.json").read_text())
     assert (len(train), len(test)) == (55926, 13982)
     assert train.cardio.mean() == pytest.approx(test.cardio.mean(), abs=1e-3)
-    features = list(data.FEATURES)
+    features = list(cardio.FEATURES)
     assert scaler["features"] == features
     np.testing.assert_allclose(train[features].mean(), 0, atol=1e-4)
     np.testing.assert_allclose(train[features].std(ddof=0), 1, atol=1e-3)
@@ -291,7 +292,7 @@ def test_split_is_stratified_and_scaled_on_train_only(real_split):
 def test_logistic_regression_on_split_reaches_72_percent(real_split):
     train = pd.read_parquet(real_split / "data/split/train.parquet")
     test = pd.read_parquet(real_split / "data/split/test.parquet")
-    features = list(data.FEATURES)
+    features = list(cardio.FEATURES)
     model = LogisticRegression(max_iter=1000).fit(train[features], train.cardio)
     accuracy = model.score(test[features], test.cardio)
     assert accuracy >= 0.72
@@ -430,7 +431,7 @@ def test_duplicated_rows_are_dropped_before_the_split(project, sample_lines):
     assert report["rows_in"] == 3000
     assert report["dropped_duplicate_row"] == 600 and report["dropped_duplicate_id"] == 300
     assert report["rows_in"] == report["rows_out"] + report["rows_dropped"]
-    expected, alone, _ = data.prepare(join([header, *base]), "base.csv", data.Limits())
+    expected, alone, _ = cardio.prepare(join([header, *base]), "base.csv", cardio.Limits())
     assert report["rows_out"] == alone["rows_out"] == len(expected)
     pd.testing.assert_frame_equal(prepared_features(), expected)
 

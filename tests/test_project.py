@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from clrpipe import config
 from clrpipe.errors import ClrpipeError
-from clrpipe.outputs import atomic_outputs
+from clrpipe.pipeline import config
+from clrpipe.pipeline.outputs import atomic_outputs
 from tests.conftest import REPO
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from clrpipe import range_test as rt
 from clrpipe.errors import ClrpipeError
-from clrpipe.params import RangeTestParams, parse
+from clrpipe.pipeline.params import RangeTestParams, parse
 
 
 def _config(section: dict) -> RangeTestParams:

@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from clrpipe import cli, config
-from clrpipe.stages import range_test as stage
-from clrpipe.stages import train
+from clrpipe.pipeline import cli, config
+from clrpipe.pipeline.stages import range_test as stage
+from clrpipe.pipeline.stages import train
 
 OUTPUTS = (stage.METRICS, stage.SWEEP_CSV, stage.SWEEP_PNG)
 

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from clrpipe.tracking import TRIAL_TAG
+from clrpipe.pipeline.tracking.runs import TRIAL_TAG
 from tests.ray_cluster import remove, start_cluster
 
 CLRPIPE = Path(sys.executable).with_name("clrpipe")

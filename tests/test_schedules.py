@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from clrpipe import config as clrpipe_config
 from clrpipe import keras_private
 from clrpipe.errors import ClrpipeError
-from clrpipe.params import schedule_spec
+from clrpipe.pipeline import config as clrpipe_config
+from clrpipe.pipeline.params import schedule_spec
 from clrpipe.schedules import (
     ConstantLearningRate,
     CyclicalLearningRate,

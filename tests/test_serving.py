@@ -25,8 +25,10 @@ import requests
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from clrpipe import cli, data, preprocess, registry
-from clrpipe.params import Limits
+from clrpipe.pipeline import cli
+from clrpipe.pipeline.data import cardio, preprocess
+from clrpipe.pipeline.params import Limits
+from clrpipe.pipeline.tracking import registry
 from tests.conftest import REPO, stop_server
 
 NAME = "clrpipe-cardio"
@@ -137,8 +139,8 @@ def test_the_model_applies_prepare_and_split_to_raw_rows(served, cardio_bytes, c
     fitted = preprocess.CardioPreprocessing.from_split(scaler, Limits())
     raw = pd.read_csv(cardio_csv, sep=";")
     x, rejected = fitted.features(raw)
-    prepared, report, _ = data.prepare(cardio_bytes, "cardio", fitted.limits)
-    expected = prepared[list(data.FEATURES)].to_numpy(np.float32)
+    prepared, report, _ = cardio.prepare(cardio_bytes, "cardio", fitted.limits)
+    expected = prepared[list(cardio.FEATURES)].to_numpy(np.float32)
     expected = (expected - np.asarray(scaler["mean"])) / np.asarray(scaler["scale"])
     kept = np.array([r is None for r in rejected])
     np.testing.assert_allclose(x[kept], expected, rtol=0, atol=1e-5)
@@ -357,8 +359,8 @@ def test_champion_stage_without_tracking_records_its_choice_and_refuses_missing_
 def test_table_preprocessing_names_classes_and_decodes_regression(task):
     """The pure core on a small table: a text column with a gap, a numeric one with a gap;
     binary probabilities named by label, regression answers in the target's units."""
-    from clrpipe import tables
     from clrpipe.errors import ClrpipeError
+    from clrpipe.pipeline.data import tables
 
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"size": rng.normal(10, 2, 40), "colour": rng.choice(["red", "blue"], 40)})

@@ -15,10 +15,11 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from clrpipe import cli, config, study
-from clrpipe.compare import TrialOutcome
-from clrpipe.params import StudyParams, parse
-from clrpipe.tracking import ERROR_TAG
+from clrpipe.pipeline import cli, config
+from clrpipe.pipeline.comparison.compare import TrialOutcome
+from clrpipe.pipeline.params import StudyParams, parse
+from clrpipe.pipeline.tracking.runs import ERROR_TAG
+from clrpipe.study import core
 from tests.conftest import REPO
 
 TINY = (
@@ -44,9 +45,9 @@ def trial(method, seed, score, val, seconds=1.0):
 
 
 def jobs_of(*names, grid=(("grid_sgd_0.01", 0.01), ("grid_sgd_0.1", 0.1))):
-    found = [study.Job("d", n, "sgd", "constant", (0, 1, 2, 3, 4), 3, 32, learning_rate=0.01)
+    found = [core.Job("d", n, "sgd", "constant", (0, 1, 2, 3, 4), 3, 32, learning_rate=0.01)
              for n in names]
-    found += [study.Job("d", n, "sgd", "constant", (0, 1, 2, 3, 4), 3, 32, learning_rate=lr,
+    found += [core.Job("d", n, "sgd", "constant", (0, 1, 2, 3, 4), 3, 32, learning_rate=lr,
                         family="sgd") for n, lr in grid]
     return found
 
@@ -63,7 +64,7 @@ def dataset_outcomes():
 
 
 def test_dataset_summary_matches_a_hand_calculation():
-    found = study.summarize_dataset(dataset_outcomes(), jobs_of("clr"),
+    found = core.summarize_dataset(dataset_outcomes(), jobs_of("clr"),
                                     compute={"clr": 4.5}, tolerance=0.02)
     # the oracle: the grid point with the best mean final validation score (0.76 vs 0.61)
     assert found["oracle"] == "oracle_sgd"
@@ -90,24 +91,24 @@ def test_dataset_summary_matches_a_hand_calculation():
 
 
 def test_across_datasets_mean_rank_and_win_tie_loss():
-    a = study.summarize_dataset(dataset_outcomes(), jobs_of("clr"), compute={},
+    a = core.summarize_dataset(dataset_outcomes(), jobs_of("clr"), compute={},
                                 tolerance=0.01)
     better = [trial(o.method, o.seed, o.test_score + (0.05 if o.method == "clr" else 0),
                     o.val_score) for o in dataset_outcomes()]
-    b = study.summarize_dataset(better, jobs_of("clr"), compute={}, tolerance=0.01)
-    found = study.report({"a": a, "b": b}, {}, seeds=5, grid_seeds=5, confidence=0.95,
+    b = core.summarize_dataset(better, jobs_of("clr"), compute={}, tolerance=0.01)
+    found = core.report({"a": a, "b": b}, {}, seeds=5, grid_seeds=5, confidence=0.95,
                          seconds=1.0)
     assert found["datasets"] == ["a", "b"]
     clr = found["across_datasets"]["clr"]
     assert (clr["wins"], clr["ties"], clr["losses"]) == (1, 0, 1)
     assert clr["mean_rank"] == 1.5  # second on a, first on b (0.77 vs 0.73)
-    text = study.markdown(found)
+    text = core.markdown(found)
     assert "| clr | 1.50 | 1 / 0 / 1 |" in text and "## a" in text and "## b" in text
 
 
 def test_plan_has_every_method_and_grid_point_per_dataset():
     s = parse(StudyParams, dict(config.compose().study), "study")
-    jobs = study.plan(s)
+    jobs = core.plan(s)
     assert len(jobs) == len(s.datasets) * (len(s.methods) + 16)
     grid = [j.learning_rate for j in jobs if j.family == "sgd" and j.dataset == "cardio"]
     assert grid[0] == pytest.approx(1e-3) and grid[-1] == pytest.approx(1.0)
@@ -181,7 +182,7 @@ def test_one_mlflow_child_run_per_trial_and_the_outputs_as_artifacts(tiny_study)
     trials = sorted(c.data.tags["clrpipe.trial"] for c in children)
     s = parse(StudyParams, dict(config.compose(TINY).study), "study")
     expected = sorted(f"{d}/{j.method}/{seed}" for d in ("penguins", "diabetes")
-                      for j in study.plan(s) if j.dataset == d for seed in j.seeds)
+                      for j in core.plan(s) if j.dataset == d for seed in j.seeds)
     assert trials == expected and len(trials) == 2 * (11 + 4) * 2
     finished = [c for c in children if c.info.status == "FINISHED"]
     for child in children:  # a diverged training is a FAILED trial saying so, nothing else
@@ -196,14 +197,13 @@ def test_one_mlflow_child_run_per_trial_and_the_outputs_as_artifacts(tiny_study)
 
 def test_figures_draw_zero_width_and_diverged_rows():
     from clrpipe import plots
-
-    a = study.summarize_dataset(dataset_outcomes(), jobs_of("clr", "same", "lost"),
+    a = core.summarize_dataset(dataset_outcomes(), jobs_of("clr", "same", "lost"),
                                 compute={}, tolerance=0.01)
     a["methods"]["same"] = dict(a["methods"]["clr"], paired_mean=-0.01 + 1e-17,
                                 paired_ci_low=-0.01, paired_ci_high=-0.01)
     a["methods"]["lost"] = dict(a["methods"]["clr"], paired_mean=None, paired_ci_low=None,
                                 paired_ci_high=None, gap_to_oracle=None)
-    found = study.report({"a": a}, {}, seeds=5, grid_seeds=5, confidence=0.95, seconds=1.0)
+    found = core.report({"a": a}, {}, seeds=5, grid_seeds=5, confidence=0.95, seconds=1.0)
     figures = plots.study_figures(found, {"a": {"clr": [0.7, 0.75], "oracle_sgd": [0.7, 0.76]}})
     assert set(figures) == {"gap_to_oracle", "mean_rank", "validation"}
     assert all(plots.png_bytes(f).startswith(b"\x89PNG") for f in figures.values())

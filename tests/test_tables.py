@@ -17,10 +17,10 @@ import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 from sklearn.model_selection import train_test_split
 
-from clrpipe import tables
 from clrpipe.errors import ClrpipeError
-from clrpipe.params import TableData
-from clrpipe.tables import Preprocessor, TableSchema, prepare_table, read_table
+from clrpipe.pipeline.data import tables
+from clrpipe.pipeline.data.tables import Preprocessor, TableSchema, prepare_table, read_table
+from clrpipe.pipeline.params import TableData
 
 PENGUINS = files("palmerpenguins") / "data" / "penguins.csv"
 

@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from clrpipe import config, tracking
 from clrpipe.errors import ClrpipeError
+from clrpipe.pipeline import config
+from clrpipe.pipeline.tracking import runs
 from tests.conftest import REPO
 
 BIN = Path(sys.executable).parent
@@ -36,9 +37,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from clrpipe import config, tracking
+from clrpipe.pipeline import config
+from clrpipe.pipeline.tracking import runs
 from clrpipe.errors import ClrpipeError
-from clrpipe.outputs import atomic_outputs
+from clrpipe.pipeline.outputs import atomic_outputs
 
 
 def stage(cfg):
@@ -49,7 +51,7 @@ def stage(cfg):
         time.sleep(0.01)
     if os.environ.get("STAGE_T0"):
         Path(os.environ["STAGE_T0"]).write_text(repr(time.time()))
-    with tracking.stage_run(cfg, os.environ.get("STAGE_NAME", "tiny")) as run:
+    with runs.stage_run(cfg, os.environ.get("STAGE_NAME", "tiny")) as run:
         run.set_tag("test.cwd", os.getcwd())
         run.set_tag("test.dvc_root", os.environ.get("DVC_ROOT", ""))
         with atomic_outputs("out/result.txt") as (tmp,):
@@ -107,7 +109,7 @@ def stage_runs(client: MlflowClient, experiment: str = "clrpipe") -> list:
     found = client.get_experiment_by_name(experiment)
     assert found is not None, f"no experiment {experiment}"
     return client.search_runs(
-        [found.experiment_id], filter_string=f"tags.`{tracking.STAGE_TAG}` != ''"
+        [found.experiment_id], filter_string=f"tags.`{runs.STAGE_TAG}` != ''"
     )
 
 
@@ -136,7 +138,7 @@ def tracking_cfg(uri: str, experiment: str = "clrpipe"):
     ],
 )
 def test_a_path_in_a_dvc_experiment_copy_stands_for_the_real_project(given, expected):
-    assert tracking.real_path(Path(given)) == Path(expected)
+    assert runs.real_path(Path(given)) == Path(expected)
 
 
 def test_relative_store_in_a_dvc_copy_resolves_to_the_real_project(tmp_path, monkeypatch):
@@ -149,10 +151,10 @@ def test_relative_store_in_a_dvc_copy_resolves_to_the_real_project(tmp_path, mon
             monkeypatch.delenv("DVC_ROOT", raising=False)
         else:
             monkeypatch.setenv("DVC_ROOT", dvc_root)
-        assert tracking.project_root() == tmp_path.resolve()
-        assert tracking.store_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path / 'mlflow.db'}"
+        assert runs.project_root() == tmp_path.resolve()
+        assert runs.store_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path / 'mlflow.db'}"
         copied = f"sqlite:///{copy / 'mlflow.db'}"
-        assert tracking.store_uri(copied) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+        assert runs.store_uri(copied) == f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 def test_another_checkout_sharing_the_store_puts_artifacts_beside_it(tiny, tmp_path_factory):
@@ -285,7 +287,7 @@ def test_parallel_stages_on_a_fresh_store_all_finish(tiny):
         assert "Traceback" not in stderr, stderr
     client = store(tiny)
     runs = stage_runs(client)
-    assert sorted(r.data.tags[tracking.STAGE_TAG] for r in runs) == [
+    assert sorted(r.data.tags[runs.STAGE_TAG] for r in runs) == [
         f"parallel_{i}" for i in range(count)
     ]
     assert all(r.info.status == "FINISHED" for r in runs)
@@ -392,18 +394,18 @@ def test_server_lost_mid_run_fails_the_stage_in_bounded_time_and_writes_nothing(
     backend = store(server.root)
     assert backend.get_run(run_id).info.status == "RUNNING"
     assert len(backend.get_metric_history(run_id, "loss")) >= 2
-    with tracking.stage_run(tracking_cfg(f"sqlite:///{server.root / 'mlflow.db'}"), "next"):
+    with runs.stage_run(tracking_cfg(f"sqlite:///{server.root / 'mlflow.db'}"), "next"):
         pass
     left = backend.get_run(run_id)
     assert left.info.status == "FAILED"
-    assert left.data.tags[tracking.ERROR_TAG] == tracking.ABANDONED
+    assert left.data.tags[runs.ERROR_TAG] == runs.ABANDONED
 
 
 def test_http_retry_defaults_are_bounded_and_yield_to_the_user(tiny, monkeypatch):
-    for name in tracking.HTTP_DEFAULTS:
+    for name in runs.HTTP_DEFAULTS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    with tracking.stage_run(tracking_cfg(f"sqlite:///{tiny / 'mlflow.db'}"), "defaults"):
+    with runs.stage_run(tracking_cfg(f"sqlite:///{tiny / 'mlflow.db'}"), "defaults"):
         pass
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"  # the user's value wins
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "4"
@@ -428,16 +430,16 @@ def test_a_killed_stage_is_marked_abandoned_by_the_next_one(tiny):
     client = store(tiny)
     killed = client.get_run(run_id)
     assert killed.info.status == "RUNNING"
-    assert killed.data.tags[tracking.HOST_TAG] == socket.gethostname()
-    assert killed.data.tags[tracking.PID_TAG] == str(process.pid)
-    assert killed.data.tags[tracking.PROCESS_START_TAG].isdigit()
-    assert killed.data.tags[tracking.STARTED_TAG].startswith(time.strftime("%Y-", time.gmtime()))
+    assert killed.data.tags[runs.HOST_TAG] == socket.gethostname()
+    assert killed.data.tags[runs.PID_TAG] == str(process.pid)
+    assert killed.data.tags[runs.PROCESS_START_TAG].isdigit()
+    assert killed.data.tags[runs.STARTED_TAG].startswith(time.strftime("%Y-", time.gmtime()))
 
-    with tracking.stage_run(tracking_cfg(f"sqlite:///{tiny / 'mlflow.db'}"), "next") as run:
+    with runs.stage_run(tracking_cfg(f"sqlite:///{tiny / 'mlflow.db'}"), "next") as run:
         next_id = run.run_id
     killed = client.get_run(run_id)
     assert killed.info.status == "FAILED" and killed.info.end_time is not None
-    assert killed.data.tags[tracking.ERROR_TAG] == tracking.ABANDONED
+    assert killed.data.tags[runs.ERROR_TAG] == runs.ABANDONED
     assert client.get_run(next_id).info.status == "FINISHED"
     parent = client.get_run(killed.data.tags["mlflow.parentRunId"])
     assert parent.info.status == "FINISHED"  # FAILED by the cleanup, FINISHED by "next"
@@ -445,33 +447,33 @@ def test_a_killed_stage_is_marked_abandoned_by_the_next_one(tiny):
 
 def test_only_runs_whose_process_is_certainly_gone_are_closed(tiny):
     uri = f"sqlite:///{tiny / 'mlflow.db'}"
-    with tracking.stage_run(tracking_cfg(uri), "setup") as first:
+    with runs.stage_run(tracking_cfg(uri), "setup") as first:
         experiment = first.client.get_run(first.run_id).info.experiment_id
     client = first.client
     ended = subprocess.Popen(["true"])
     ended.wait()
-    me = tracking._process_tags()
+    me = runs._process_tags()
     cases = {
         "alive": (me, "RUNNING"),
-        "pid reused": ({**me, tracking.PROCESS_START_TAG: "1"}, "FAILED"),
-        "ended": (tracking._process_tags(ended.pid), "FAILED"),
-        "other host": ({**me, tracking.HOST_TAG: "elsewhere", tracking.PID_TAG: str(ended.pid)},
+        "pid reused": ({**me, runs.PROCESS_START_TAG: "1"}, "FAILED"),
+        "ended": (runs._process_tags(ended.pid), "FAILED"),
+        "other host": ({**me, runs.HOST_TAG: "elsewhere", runs.PID_TAG: str(ended.pid)},
                        "RUNNING"),
         "other pid namespace": (
-            {**tracking._process_tags(ended.pid),
-             tracking.PID_NAMESPACE_TAG: me[tracking.PID_NAMESPACE_TAG].split("/")[0] + "/pid:[1]"},
+            {**runs._process_tags(ended.pid),
+             runs.PID_NAMESPACE_TAG: me[runs.PID_NAMESPACE_TAG].split("/")[0] + "/pid:[1]"},
             "RUNNING",
         ),
         "rebooted since": (
-            {**me, tracking.PID_NAMESPACE_TAG: "another-boot/pid:[1]"}, "FAILED"
+            {**me, runs.PID_NAMESPACE_TAG: "another-boot/pid:[1]"}, "FAILED"
         ),
         "untagged": ({}, "RUNNING"),
     }
     made = {
-        name: client.create_run(experiment, tags={tracking.STAGE_TAG: name, **tags}).info.run_id
+        name: client.create_run(experiment, tags={runs.STAGE_TAG: name, **tags}).info.run_id
         for name, (tags, _) in cases.items()
     }
-    with tracking.stage_run(tracking_cfg(uri), "cleanup"):
+    with runs.stage_run(tracking_cfg(uri), "cleanup"):
         pass
     statuses = {name: client.get_run(run_id).info.status for name, run_id in made.items()}
     assert statuses == {name: status for name, (_, status) in cases.items()}
@@ -499,7 +501,8 @@ import resource
 import signal
 import sys
 
-from clrpipe import config, tracking
+from clrpipe.pipeline import config
+from clrpipe.pipeline.tracking import runs
 from clrpipe.errors import ClrpipeError
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes fail with EFBIG instead of killing us
@@ -507,7 +510,7 @@ signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes fail with EFBIG instead 
 
 def stage(cfg):
     resource.setrlimit(resource.RLIMIT_FSIZE, (1, 1))
-    with tracking.stage_run(cfg, "full"):
+    with runs.stage_run(cfg, "full"):
         pass
 
 
@@ -521,7 +524,7 @@ except ClrpipeError as err:
 
 def test_a_store_that_cannot_be_written_is_one_line_not_an_attribute_error(tiny):
     uri = f"sqlite:///{tiny / 'mlflow.db'}"
-    with tracking.stage_run(tracking_cfg(uri, "existing"), "setup"):
+    with runs.stage_run(tracking_cfg(uri, "existing"), "setup"):
         pass  # the store exists; creating a new experiment must write to it
     (tiny / "full.py").write_text(FULL)
     done = subprocess.run(
@@ -546,7 +549,7 @@ def test_store_error_at_start_raises_clrpipe_error_naming_the_store(tiny, monkey
         )
 
     monkeypatch.setattr(MlflowClient, "create_run", full)
-    with pytest.raises(ClrpipeError) as err, tracking.stage_run(tracking_cfg(uri), "full"):
+    with pytest.raises(ClrpipeError) as err, runs.stage_run(tracking_cfg(uri), "full"):
         pytest.fail("the run opened")
     assert str(err.value) == f"tracking store {uri}: database or disk is full"
 
@@ -555,10 +558,10 @@ def test_store_error_at_start_raises_clrpipe_error_naming_the_store(tiny, monkey
 
 
 def test_log_series_longer_than_one_batch_is_stored_whole(tiny):
-    with tracking.stage_run(tracking_cfg(f"sqlite:///{tiny / 'mlflow.db'}"), "long") as run:
+    with runs.stage_run(tracking_cfg(f"sqlite:///{tiny / 'mlflow.db'}"), "long") as run:
         run.log_series("lr", list(range(2500)), [i / 2500 for i in range(2500)])
         run.log_metrics({"loss": 0.5}, step=0, buffered=True)
     history = run.client.get_metric_history(run.run_id, "lr")
     assert sorted(m.step for m in history) == list(range(2500))
     assert [m.step for m in run.client.get_metric_history(run.run_id, "loss")] == [0]
-    assert not hasattr(tracking, "log_metric_batches")
+    assert not hasattr(runs, "log_metric_batches")

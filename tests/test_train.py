@@ -14,7 +14,10 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from clrpipe import cli, config, data, keras_private, schedules, tracking
+from clrpipe import keras_private, schedules
+from clrpipe.pipeline import cli, config
+from clrpipe.pipeline.data import cardio
+from clrpipe.pipeline.tracking import runs
 
 EPOCHS = 2
 PINNED = ("schedule.initial_learning_rate=1e-4", "schedule.maximal_learning_rate=1e-2")
@@ -56,8 +59,8 @@ def test_clr_stage_writes_outputs(clr_run):
     schedule = keras_private.learning_rate_schedule(model.optimizer)
     assert isinstance(schedule, schedules.CyclicalLearningRate)
     test = pd.read_parquet("data/split/test.parquet")
-    _, accuracy = model.evaluate(test[list(data.FEATURES)].to_numpy("float32"),
-                                 test[data.TARGET].to_numpy("float32"), verbose=0)
+    _, accuracy = model.evaluate(test[list(cardio.FEATURES)].to_numpy("float32"),
+                                 test[cardio.TARGET].to_numpy("float32"), verbose=0)
     assert metrics["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
     assert accuracy > 0.5  # two epochs at 1e-4..1e-2 with dropout: above chance, far from done
 
@@ -67,7 +70,7 @@ def test_clr_run_is_tracked_completely(clr_run):
     (run,) = stage_runs(client, "train_clr")
     assert run.info.status == "FINISHED"
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
-    assert parent.data.tags[tracking.PIPELINE_TAG]
+    assert parent.data.tags[runs.PIPELINE_TAG]
     assert run.data.tags["mlflow.runName"] == "train_clr"
     assert run.data.tags["mlflow.source.git.commit"]
 
@@ -112,13 +115,13 @@ def test_clr_run_is_tracked_completely(clr_run):
     loaded = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
     assert loaded.metadata.signature is not None
     test = pd.read_parquet("data/split/test.parquet")
-    x = test[list(data.FEATURES)].to_numpy("float32")[:256]
+    x = test[list(cardio.FEATURES)].to_numpy("float32")[:256]
     in_memory = keras.models.load_model("models/train_clr.keras").predict(x, verbose=0)
     np.testing.assert_allclose(np.asarray(loaded.predict(x)).ravel(), in_memory.ravel(), rtol=1e-6)
     requirements = Path(mlflow.artifacts.download_artifacts(
         f"{logged.artifact_location}/requirements.txt")).read_text().split()
-    assert requirements == [f"{name}=={version(name)}" for name in tracking.MODEL_PACKAGES]
-    assert "tensorflow" in tracking.MODEL_PACKAGES  # Keras's backend, which inference missed
+    assert requirements == [f"{name}=={version(name)}" for name in runs.MODEL_PACKAGES]
+    assert "tensorflow" in runs.MODEL_PACKAGES  # Keras's backend, which inference missed
 
 
 def test_same_seed_gives_same_metrics(trained_project):
@@ -140,7 +143,7 @@ def test_nan_loss_fails_the_run_and_leaves_nothing(trained_project):
     )
     (run,) = stage_runs(store(trained_project), "train_baseline")
     assert run.info.status == "FAILED"
-    assert run.data.tags[tracking.ERROR_TAG].startswith("training diverged: loss is nan")
+    assert run.data.tags[runs.ERROR_TAG].startswith("training diverged: loss is nan")
     parent = store(trained_project).get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.info.status == "FAILED"
     mlflow.set_tracking_uri(f"sqlite:///{trained_project / 'mlflow.db'}")

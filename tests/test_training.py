@@ -7,10 +7,11 @@ import keras
 import numpy as np
 import pytest
 
-from clrpipe import keras_private, schedules, training
+from clrpipe import keras_private, schedules
 from clrpipe.errors import ClrpipeError
-from clrpipe.model import build_model
-from clrpipe.params import BuiltinModel
+from clrpipe.pipeline.params import BuiltinModel
+from clrpipe.pipeline.training import loop
+from clrpipe.pipeline.training.model import build_model
 from tests.conftest import FIT_ROWS as ROWS
 
 PARAMS = BuiltinModel(units=[16, 8])
@@ -34,8 +35,8 @@ def clrpipe_fit(data, batch_size, learning_rate, steps_per_execution, epochs=3, 
     x, y, x_val, y_val = data
     model = build_model(params, x.shape[1], seed=7)
     optimizer = keras.optimizers.SGD(learning_rate, momentum=0.9)
-    training.compile_model(model, optimizer, steps_per_execution)
-    history = training.fit(model, x, y, epochs=epochs, batch_size=batch_size,
+    loop.compile_model(model, optimizer, steps_per_execution)
+    history = loop.fit(model, x, y, epochs=epochs, batch_size=batch_size,
                            validation=(x_val, y_val))
     return model, history
 
@@ -76,13 +77,13 @@ def test_epoch_orders_are_one_permutation_repeated_under_a_global_seed(data):
     every epoch (a fresh iterator re-seeds its shuffle); `fit` reproduces that, as the
     bit-identity with `model.fit` above shows. A new seed gives a new order."""
     keras.utils.set_random_seed(3)
-    orders = training.epoch_orders(50)
+    orders = loop.epoch_orders(50)
     first, second = (next(iter(orders)).numpy() for _ in range(2))
     assert sorted(first) == list(range(50))
     assert list(first) != list(range(50))
     np.testing.assert_array_equal(first, second)
     keras.utils.set_random_seed(4)
-    assert list(next(iter(training.epoch_orders(50))).numpy()) != list(first)
+    assert list(next(iter(loop.epoch_orders(50))).numpy()) != list(first)
 
 
 def test_reshuffle_leaves_keras_order_and_is_reproducible(data):
@@ -90,8 +91,8 @@ def test_reshuffle_leaves_keras_order_and_is_reproducible(data):
 
     def weights_after(epochs, reshuffle_seed):
         model = build_model(PARAMS, x.shape[1], seed=7)
-        training.compile_model(model, keras.optimizers.SGD(0.05), steps_per_execution=8)
-        training.fit(model, x, y, epochs=epochs, batch_size=32, reshuffle_seed=reshuffle_seed)
+        loop.compile_model(model, keras.optimizers.SGD(0.05), steps_per_execution=8)
+        loop.fit(model, x, y, epochs=epochs, batch_size=32, reshuffle_seed=reshuffle_seed)
         return model.get_weights()
 
     keras_order = weights_after(2, None)
@@ -104,10 +105,10 @@ def test_reshuffle_leaves_keras_order_and_is_reproducible(data):
 def test_divergence_stops_with_an_error_naming_the_step_and_the_keys(data):
     x, y, _, _ = data
     model = build_model(PARAMS, x.shape[1], seed=7)
-    training.compile_model(model, keras.optimizers.SGD(1e30), steps_per_execution=4)
+    loop.compile_model(model, keras.optimizers.SGD(1e30), steps_per_execution=4)
     with pytest.raises(ClrpipeError, match=r"training diverged: loss is nan at step 4; .*"
                                            r"schedule\.maximal_learning_rate"):
-        training.fit(model, x, y, epochs=1, batch_size=32)
+        loop.fit(model, x, y, epochs=1, batch_size=32)
 
 
 def test_regularized_model_has_dropout_after_each_hidden_layer_and_l2_on_their_kernels():
@@ -125,7 +126,7 @@ def test_regularized_model_has_dropout_after_each_hidden_layer_and_l2_on_their_k
 @pytest.mark.parametrize(("rows", "batch_size"), [(0, 32), (10, 0)])
 def test_no_rows_or_no_batch_size_is_refused(rows, batch_size):
     model = build_model(PARAMS, 5, seed=0)
-    training.compile_model(model, keras.optimizers.SGD(0.01))
+    loop.compile_model(model, keras.optimizers.SGD(0.01))
     x = np.zeros((rows, 5), "float32")
     with pytest.raises(ClrpipeError, match=rf"got {rows} rows and batch size {batch_size}"):
-        training.fit(model, x, x[:, 0], epochs=1, batch_size=batch_size)
+        loop.fit(model, x, x[:, 0], epochs=1, batch_size=batch_size)

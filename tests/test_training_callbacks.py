@@ -7,9 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from clrpipe import training
-from clrpipe.model import build_model
-from clrpipe.params import BuiltinModel
+from clrpipe.pipeline.params import BuiltinModel
+from clrpipe.pipeline.training import loop
+from clrpipe.pipeline.training.model import build_model
 
 PARAMS = BuiltinModel(units=[16, 8], dropout=0.2)
 
@@ -63,7 +63,7 @@ class StopAt(keras.callbacks.Callback):
 
 def _model(x, steps_per_execution):
     model = build_model(PARAMS, x.shape[1], seed=7)
-    training.compile_model(model, keras.optimizers.SGD(0.05, momentum=0.9), steps_per_execution)
+    loop.compile_model(model, keras.optimizers.SGD(0.05, momentum=0.9), steps_per_execution)
     return model
 
 
@@ -85,7 +85,7 @@ def test_early_stopping_checkpoint_and_hooks_match_keras_fit(data, tmp_path, ste
                       validation_data=(x_val, y_val), callbacks=their_cbs).history
     ours = _model(x, steps_per_execution)
     our_cbs = _callbacks(tmp_path / "ours.keras")
-    history = training.fit(ours, x, y, epochs=30, batch_size=32, validation=(x_val, y_val),
+    history = loop.fit(ours, x, y, epochs=30, batch_size=32, validation=(x_val, y_val),
                            callbacks=our_cbs)
 
     assert 0 < their_cbs[0].stopped_epoch < 29  # early stopping did stop training
@@ -110,7 +110,7 @@ def test_a_callback_stopping_mid_epoch_stops_where_keras_stops(data):
     theirs = _model(x, 4)
     theirs.fit(x, y, batch_size=32, epochs=5, shuffle=True, verbose=0, callbacks=[StopAt(1, 11)])
     ours = _model(x, 4)
-    history = training.fit(ours, x, y, epochs=5, batch_size=32, callbacks=[StopAt(1, 11)])
+    history = loop.fit(ours, x, y, epochs=5, batch_size=32, callbacks=[StopAt(1, 11)])
     assert len(history.epoch_seconds) == 2
     assert int(ours.optimizer.iterations) == int(theirs.optimizer.iterations) == 32 + 12
     for a, b in zip(ours.get_weights(), theirs.get_weights(), strict=True):
@@ -128,7 +128,7 @@ def test_callbacks_see_the_pipeline_on_epoch_logs_and_may_add_to_them(data):
             logs["twice_loss"] = 2 * logs["loss"]
 
     model = _model(x, 8)
-    history = training.fit(model, x, y, epochs=2, batch_size=32, validation=(x_val, y_val),
+    history = loop.fit(model, x, y, epochs=2, batch_size=32, validation=(x_val, y_val),
                            callbacks=[AddKey()], on_epoch=lambda e, logs, s: seen.append(logs))
     assert history.epochs["twice_loss"] == [2 * v for v in history.epochs["loss"]]
     assert [set(logs) for logs in seen] == [{"loss", "accuracy", "val_loss", "val_accuracy",

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from clrpipe import cli
+from clrpipe.pipeline import cli
 from tests.conftest import REPO
 
 USER_MODEL = {"_target_": "tests.user_model.build", "width": 12, "depth": 3}

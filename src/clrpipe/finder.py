@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from clrpipe.errors import ClrpipeError
-from clrpipe.params import RangeTestParams
+from clrpipe.pipeline.params import RangeTestParams
 from clrpipe.range_test import Curve, DivergenceMonitor, RangeTestResult, analyse, lr_schedule
 
 __all__ = ["LRFinder", "RangeTestResult", "lr_range_test"]

@@ -19,7 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 if TYPE_CHECKING:  # only for annotations: drawing needs no TensorFlow
-    from clrpipe.training import History
+    from clrpipe.pipeline.training.loop import History
 
 __all__ = [
     "compare_figures",

@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from clrpipe.errors import ClrpipeError
-from clrpipe.params import RangeTestParams
+from clrpipe.pipeline.params import RangeTestParams
 from clrpipe.stats import median
 
 __all__ = [
@@ -487,7 +487,6 @@ class RangeTestResult:
         bounds marked; held-out accuracy on `accuracy_ax` when given. Returns the loss Axes (a
         new figure's when `ax` is None)."""
         from clrpipe import plots
-
         return plots.range_test_axes(self, ax, accuracy_ax)
 
     def to_dict(self) -> dict[str, Any]:

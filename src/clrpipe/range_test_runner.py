@@ -37,7 +37,7 @@ import tensorflow as tf
 
 from clrpipe import keras_private
 from clrpipe.errors import ClrpipeError
-from clrpipe.params import RangeTestParams
+from clrpipe.pipeline.params import RangeTestParams
 from clrpipe.range_test import Curve, DivergenceMonitor, RangeTestResult, analyse, lr_schedule
 
 __all__ = ["has_custom_train_step", "preserved_state", "run_range_test", "sweep"]

@@ -10,7 +10,7 @@ schedule, and training resumes at the restored `optimizer.iterations`.
 (tfa's stored lambda made saved models unloadable, tensorflow/addons#2380) and accepts int32
 and int64 step counters (tfa's triangular2/exp_range crash on an int64 step, PR #2756).
 
-`build_schedule` turns a `schedule:` section (validated by `clrpipe.params.ScheduleParams`)
+`build_schedule` turns a `schedule:` section (validated by `clrpipe.pipeline.params.ScheduleParams`)
 into a schedule, filling null learning rates from the range test.
 """
 
@@ -23,9 +23,15 @@ from typing import Any
 import keras
 from keras import ops
 
-from clrpipe import keras_private, params
+from clrpipe import keras_private
 from clrpipe.errors import ClrpipeError
-from clrpipe.params import ConstantSchedule, CyclicalSchedule, OneCycleSchedule, ScheduleParams
+from clrpipe.pipeline import params
+from clrpipe.pipeline.params import (
+    ConstantSchedule,
+    CyclicalSchedule,
+    OneCycleSchedule,
+    ScheduleParams,
+)
 
 __all__ = [
     "ConstantLearningRate",

@@ -1,0 +1,1 @@
+"""The comparison wing: multi-seed comparison, its Ray trials and the CI gate."""

@@ -1,0 +1,823 @@
+"""Typed models of every `params.yaml` section: the one place configuration is validated.
+
+Each section of `params.yaml` (composed from `conf/` by Hydra) has a pydantic model here, named
+after it: `data` -> `DataParams`, `schedule` -> `ScheduleParams` (a union discriminated on
+`policy`), ... `Params` is the whole file. Unknown keys are errors, never ignored, and every
+error is one line naming the dotted key (`schedule.step_size: expected a number > 0, got -3`).
+
+Pure: pydantic only, no TensorFlow, Keras or MLflow, so a bad config fails in well under a
+second, before anything heavy is imported. Stage entry points declare the part they read as a
+`Reads` projection (unknown keys ignored there, since `Params` has already checked them);
+`tests/test_dvc_graph.py` derives each stage's `dvc.yaml` params from those declarations.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from clrpipe.errors import ClrpipeError
+
+PARAMS_FILE = Path("params.yaml")
+
+__all__ = [
+    "ACTIVATIONS",
+    "INITIALIZERS",
+    "PARAMS_FILE",
+    "POLICIES",
+    "TASKS",
+    "BuiltinModel",
+    "CardioData",
+    "CompareParams",
+    "ConstantSchedule",
+    "CustomModel",
+    "CyclicalSchedule",
+    "DataParams",
+    "DataSource",
+    "HgbParams",
+    "Limits",
+    "MethodParams",
+    "ModelParams",
+    "OneCycleSchedule",
+    "Params",
+    "PrepareParams",
+    "RangeTestParams",
+    "RayParams",
+    "Reads",
+    "RegistryName",
+    "RegistryParams",
+    "RunParams",
+    "ScheduleParams",
+    "Section",
+    "SplitDir",
+    "SplitParams",
+    "StudyDataset",
+    "StudyGrid",
+    "StudyMethod",
+    "StudyParams",
+    "TableData",
+    "TrackingParams",
+    "TrainCommon",
+    "TrainParams",
+    "describe",
+    "fill_bounds",
+    "parse",
+    "schedule_spec",
+]
+
+
+class Section(BaseModel):
+    """Base of one section's model: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Reads(BaseModel):
+    """Base of a stage's projection of `params.yaml`: the sections and keys that stage reads.
+
+    Its fields mirror the file's nesting but list only what the stage uses; other keys are
+    ignored here because `Params` validated the whole file already."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return repr(value)
+
+
+def _number(value: Any) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError("expected a number")
+    return value
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("expected an integer")
+    return value
+
+
+Number = Annotated[int | float, BeforeValidator(_number)]
+"""A finite int or float (not a bool, not a string), kept as given."""
+Integer = Annotated[int, BeforeValidator(_integer)]
+
+
+def _positive(value: Any) -> int | float:
+    if _number(value) <= 0:
+        raise ValueError("expected a number > 0")
+    return value
+
+
+Positive = Annotated[int | float, BeforeValidator(_positive)]
+PositiveInt = Annotated[int, Field(gt=0), BeforeValidator(_integer)]
+
+
+# --- data, prepare, split -------------------------------------------------------------------
+
+Range = tuple[float, float]
+
+
+class Limits(Section):
+    """`data.limits:` physiologically plausible ranges (inclusive) the repair rules aim for."""
+
+    ap_hi: Range = (60, 250)
+    ap_lo: Range = (30, 200)
+    height: Range = (120, 220)
+    weight: Range = (30, 250)
+    bmi: Range = (12, 80)
+
+    @field_validator("*")
+    @classmethod
+    def _ordered(cls, value: Range) -> Range:
+        if not 0 < value[0] < value[1]:
+            raise ValueError(f"expected [low, high] with 0 < low < high, got {list(value)}")
+        return value
+
+
+class DataSource(Reads):
+    """The `data:` keys saying where the cardio table lives and where to fetch it."""
+
+    raw: Path
+    kaggle_dataset: str
+    kaggle_file: str
+    sha256: str
+
+
+class CardioData(DataSource):
+    """`data: cardio` (the default): the Kaggle table, its repair limits, and the validation
+    accuracy that counts as reaching a good model (`compare`'s epochs-to-target)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["cardio"] = "cardio"
+    limits: Limits = Limits()
+    target_score: float | None = Field(default=None, gt=0, lt=1)
+
+
+TASKS = ("binary", "multiclass", "regression")
+
+
+class TableData(Section):
+    """`data: table`: any CSV, TSV or Parquet table with a target column.
+
+    `task` is inferred when null (text, boolean or at most `max_classes` integer levels mean
+    classification, floats regression); `categorical` null means the text and boolean columns;
+    `missing: impute` fills gaps on the training part (median / most frequent, with indicator
+    columns), `refuse` rejects a table with any."""
+
+    kind: Literal["table"]
+    raw: Path
+    target: str = Field(min_length=1)
+    task: Literal["binary", "multiclass", "regression"] | None = None
+    format: Literal["csv", "tsv", "parquet"] | None = None
+    id_columns: list[str] = []
+    ignore_columns: list[str] = []
+    categorical: list[str] | None = None
+    missing: Literal["impute", "refuse"] = "impute"
+    max_classes: PositiveInt = 20
+    target_score: float | None = None
+
+    @field_validator("raw", "target", mode="before")
+    @classmethod
+    def _required(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("required (data.raw=FILE data.target=COLUMN), got null")
+        return value
+
+
+def _kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("kind", "cardio")
+    return getattr(value, "kind", None)
+
+
+DataParams = Annotated[
+    Annotated[CardioData, Tag("cardio")] | Annotated[TableData, Tag("table")],
+    Discriminator(_kind),
+]
+"""`data:` the cardio table (default) or a user's table, chosen by `kind`."""
+
+
+class PrepareParams(Section):
+    """`prepare:` where the features and the repair report go."""
+
+    output: Path
+    report: Path
+
+
+class SplitDir(Reads):
+    """The `split.dir` key alone: where the training stages read the split from."""
+
+    dir: Path
+
+
+class SplitParams(Section):
+    """`split:` the held-out fraction, the seed, and the output folder."""
+
+    test_size: float = Field(gt=0, lt=1)
+    seed: Integer
+    dir: Path
+
+
+# --- model ------------------------------------------------------------------------------------
+
+ACTIVATIONS = (
+    "celu", "elu", "exponential", "gelu", "glu", "hard_shrink", "hard_sigmoid", "hard_silu",
+    "hard_swish", "hard_tanh", "leaky_relu", "linear", "log_sigmoid", "log_softmax", "mish",
+    "relu", "relu6", "selu", "sigmoid", "silu", "soft_shrink", "softmax", "softplus",
+    "softsign", "sparse_plus", "sparse_sigmoid", "sparsemax", "squareplus", "swish", "tanh",
+    "tanh_shrink", "threshold",
+)  # fmt: skip
+"""Keras 3.15's activation names (kept here so config checks need no Keras; a test compares)."""
+INITIALIZERS = (
+    "constant", "glorot_normal", "glorot_uniform", "he_normal", "he_uniform", "identity",
+    "lecun_normal", "lecun_uniform", "normal", "one", "ones", "orthogonal", "random_normal",
+    "random_uniform", "truncated_normal", "uniform", "variance_scaling", "zero", "zeros",
+)  # fmt: skip
+"""Keras 3.15's initializer names usable without arguments (a test compares with Keras)."""
+
+
+class BuiltinModel(Section):
+    """`model:` the built-in MLP: hidden layer sizes, activation, initializer, regularization."""
+
+    units: list[PositiveInt] = Field(min_length=1)
+    activation: str = "relu"
+    kernel_initializer: str = "glorot_uniform"
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    l2: float = Field(default=0.0, ge=0)
+
+    @field_validator("activation")
+    @classmethod
+    def _activation(cls, name: str) -> str:
+        if name not in ACTIVATIONS:
+            raise ValueError(f"expected a Keras activation name, got {name!r}")
+        return name
+
+    @field_validator("kernel_initializer")
+    @classmethod
+    def _initializer(cls, name: str) -> str:
+        if name not in INITIALIZERS:
+            raise ValueError(f"expected a Keras initializer name, got {name!r}")
+        return name
+
+
+class CustomModel(BaseModel):
+    """`model: {_target_: package.module.build, ...}`: a user's builder (Hydra's convention).
+
+    The callable gets `n_features`, `output` (a `data.tasks.OutputSpec`) and the other keys
+    as keyword arguments, and returns an uncompiled `keras.Model`."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    target: str = Field(alias="_target_")
+
+    @field_validator("target")
+    @classmethod
+    def _dotted(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][\w.]*\.[A-Za-z_]\w*", value):
+            raise ValueError(f"expected a dotted path package.module.function, got {value!r}")
+        return value
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The builder's keyword arguments: every key beside `_target_`."""
+        return dict(self.model_extra or {})
+
+
+def _model_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "custom" if "_target_" in value else "builtin"
+    return "custom" if isinstance(value, CustomModel) else "builtin"
+
+
+ModelParams = Annotated[
+    Annotated[BuiltinModel, Tag("builtin")] | Annotated[CustomModel, Tag("custom")],
+    Discriminator(_model_kind),
+]
+"""`model:` the built-in MLP, or a user's builder named by `_target_`."""
+
+
+# --- schedule ---------------------------------------------------------------------------------
+
+POLICIES = ("constant", "triangular", "triangular2", "exp_range", "one_cycle")
+CYCLICAL = ("triangular", "triangular2", "exp_range")
+
+
+class _Schedule(Section):
+    backend: Literal["keras", "tfa"] = "keras"
+
+
+class ConstantSchedule(_Schedule):
+    """`policy: constant`: one learning rate (null: the range test's suggestion)."""
+
+    policy: Literal["constant"] = "constant"
+    learning_rate: Positive | None = None
+
+
+class CyclicalSchedule(_Schedule):
+    """`policy: triangular | triangular2 | exp_range` (tfa's CyclicalLearningRate).
+
+    Null learning rates come from the range test; the half cycle is `step_size` optimizer
+    steps or `step_size_epochs` epochs, an epoch being ceil(rows / batch) steps with rows the
+    training-set size or `iterations_rows` (70000 reproduces the article's miscount)."""
+
+    policy: Literal["triangular", "triangular2", "exp_range"] = "triangular"
+    initial_learning_rate: Positive | None = None
+    maximal_learning_rate: Positive | None = None
+    step_size: Positive | None = None
+    step_size_epochs: Positive | None = None
+    iterations_rows: Positive | None = None
+    scale_mode: Literal["cycle", "iterations"] | None = None
+    gamma: Positive = 1.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CyclicalSchedule:
+        if self.step_size is not None and self.step_size_epochs is not None:
+            raise ValueError("step_size: set either step_size or step_size_epochs, not both")
+        if self.step_size is None and self.step_size_epochs is None:
+            raise ValueError("step_size: expected a number > 0 (or step_size_epochs), got null")
+        low, high = self.initial_learning_rate, self.maximal_learning_rate
+        if low is not None and high is not None and high < low:
+            raise ValueError(
+                f"maximal_learning_rate: expected >= schedule.initial_learning_rate "
+                f"({_show(low)}), got {_show(high)}"
+            )
+        if self.backend == "tfa" and self.policy != "triangular" and self.mode == "iterations":
+            raise ValueError(
+                f"scale_mode: tfa 0.23's {self.policy} crashes on the optimizer's int64 step "
+                "with scale_mode iterations (tensorflow/addons PR #2756); use cycle or backend "
+                "keras"
+            )
+        return self
+
+    @property
+    def mode(self) -> str:
+        """`scale_mode`, defaulting as tfa does: iterations for exp_range, else cycle."""
+        if self.scale_mode is not None:
+            return self.scale_mode
+        return "iterations" if self.policy == "exp_range" else "cycle"
+
+
+class OneCycleSchedule(_Schedule):
+    """`policy: one_cycle` (Smith 2018), optionally with momentum cycling 0.95 -> 0.85 -> 0.95.
+
+    Its length is `total_steps` or `total_epochs`; both null means the whole run."""
+
+    policy: Literal["one_cycle"] = "one_cycle"
+    maximal_learning_rate: Positive | None = None
+    total_steps: Positive | None = None
+    total_epochs: Positive | None = None
+    iterations_rows: Positive | None = None
+    pct_start: Positive = 0.25
+    div_factor: Positive = 25.0
+    final_div_factor: Positive = 1e4
+    anneal: Literal["cos", "linear"] = "cos"
+    cycle_momentum: bool = False
+    max_momentum: Number = 0.95
+    base_momentum: Number = 0.85
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OneCycleSchedule:
+        if self.backend != "keras":
+            raise ValueError(
+                "backend: expected 'keras' for policy one_cycle (tfa has only cyclical ones), "
+                f"got {self.backend!r}"
+            )
+        if self.total_steps is not None and self.total_epochs is not None:
+            raise ValueError("total_steps: set either total_steps or total_epochs, not both")
+        if not self.pct_start < 1:
+            raise ValueError(
+                f"pct_start: expected a number between 0 and 1 (exclusive), got {self.pct_start:g}"
+            )
+        if self.base_momentum < 0:
+            raise ValueError(f"base_momentum: expected a number >= 0, got {self.base_momentum:g}")
+        if not self.base_momentum <= self.max_momentum <= 1:
+            raise ValueError(
+                f"max_momentum: expected a number >= {self.base_momentum:g} (base_momentum) "
+                f"and <= 1, got {self.max_momentum:g}"
+            )
+        return self
+
+
+RATE_KEYS = {"initial_learning_rate": 0, "maximal_learning_rate": 1}
+"""Schedule keys a null fills from the range test's (base_lr, max_lr), by index."""
+
+
+def fill_bounds(spec, bounds: tuple[float, float] | None, where: str = "schedule"):
+    """`spec` with its null CLR/one-cycle rates taken from the range test's (base_lr, max_lr),
+    validated again (max >= initial). A null left that nothing can fill is an error naming it."""
+    names = [n for n in RATE_KEYS if getattr(spec, n, 0) is None]
+    if getattr(spec, "learning_rate", 0) is None:
+        names = ["learning_rate"]  # a constant's rate: `compare` fills it, nothing else does
+    if not names:
+        return spec
+    if bounds is None or names == ["learning_rate"]:
+        raise ClrpipeError(
+            f"{where}.{names[0]}: null means 'from the range test', but "
+            "metrics/range_test.json was not found (run `clrpipe range-test` first or set a "
+            "number)"
+        )
+    return schedule_spec(spec.model_dump() | {n: bounds[RATE_KEYS[n]] for n in names}, where)
+
+
+def _policy(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("policy", "triangular")
+    return getattr(value, "policy", None)
+
+
+ScheduleParams = Annotated[
+    Annotated[ConstantSchedule, Tag("constant")]
+    | Annotated[CyclicalSchedule, Tag("triangular")]
+    | Annotated[CyclicalSchedule, Tag("triangular2")]
+    | Annotated[CyclicalSchedule, Tag("exp_range")]
+    | Annotated[OneCycleSchedule, Tag("one_cycle")],
+    Discriminator(_policy),
+]
+"""`schedule:` (and each `compare.methods.*.schedule`): the model is chosen by `policy`."""
+
+
+# --- range test ---------------------------------------------------------------------------------
+
+MIN_STEPS = 10
+
+
+class RangeTestParams(Section):
+    """`range_test:` the sweep (bounds, steps, seeds), its smoothing and divergence rule, and
+    the stage's held-out slice and batch size (null: `train.clr.batch_size`)."""
+
+    min_lr: Number = 1e-4
+    max_lr: Number = 10.0
+    num_steps: Integer = 400
+    mode: Literal["linear", "exponential"] = "exponential"
+    beta: Number = 0.98
+    divergence_factor: Number = 4.0
+    seeds: Integer = 3
+    seed: Integer = 0
+    val_every: Integer = 10
+    smoothing: Literal["log", "linear"] = "log"
+    validation_rows: Integer = 2000
+    batch_size: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RangeTestParams:
+        checks = [
+            ("min_lr", self.min_lr > 0, "expected > 0"),
+            ("min_lr", self.min_lr < self.max_lr,
+             f"expected < range_test.max_lr ({self.max_lr:g})"),
+            ("num_steps", self.num_steps >= MIN_STEPS, f"expected >= {MIN_STEPS}"),
+            ("beta", 0 < self.beta < 1, "expected 0 < beta < 1"),
+            ("divergence_factor", self.divergence_factor > 1, "expected > 1"),
+            ("seeds", self.seeds >= 1, "expected >= 1"),
+            ("val_every", self.val_every >= 0, "expected >= 0 (0 = off)"),
+            ("validation_rows", self.validation_rows >= 0, "expected >= 0 (0 = none)"),
+        ]
+        for key, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"{key}: {expected}, got {_show(getattr(self, key))}")
+        return self
+
+    def seed_list(self) -> list[int]:
+        """The seeds of the sweeps: `seed`, `seed + 1`, ..., `seed + seeds - 1`."""
+        return [self.seed + i for i in range(self.seeds)]
+
+
+# --- train --------------------------------------------------------------------------------------
+
+
+class RunParams(Section):
+    """`train.baseline:` / `train.clr:` epochs, batch size (and the baseline's constant LR)."""
+
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    learning_rate: Positive | None = None
+
+
+class TrainCommon(Reads):
+    """The `train:` keys every training reads (both training stages, `compare`)."""
+
+    seed: Integer
+    momentum: float = Field(ge=0, lt=1)
+    validation_fraction: float = Field(gt=0, lt=1)
+    steps_per_execution: PositiveInt
+    jit_compile: bool
+    reshuffle: bool = False
+
+
+class TrainParams(TrainCommon):
+    """`train:` settings shared by both training stages, and each one's run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    baseline: RunParams
+    clr: RunParams
+
+
+# --- tracking -------------------------------------------------------------------------------------
+
+
+class TrackingParams(Section):
+    """`tracking:` where runs go."""
+
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "clrpipe"
+    enabled: bool = True
+
+
+# --- registry -------------------------------------------------------------------------------------
+
+
+class RegistryParams(Section):
+    """`registry:` the name the training stages register their serving models under
+    (`{dataset}` is the split's dataset name: `clrpipe-cardio`), and whether the `champion`
+    stage moves the alias `champion` itself (false: only `clrpipe gate --promote` or
+    `clrpipe promote` do)."""
+
+    name: str = "clrpipe-{dataset}"
+    promote: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[\w.-]+", value.replace("{dataset}", "x")):
+            raise ValueError(f"expected letters, digits, '_', '.', '-' and {{dataset}}, "
+                             f"got {value!r}")
+        return value
+
+    def model_name(self, dataset: str) -> str:
+        """The registered model's name for the dataset `dataset`."""
+        return self.name.replace("{dataset}", dataset)
+
+
+class RegistryName(Reads):
+    """The `registry.name` key alone: what the training stages register under."""
+
+    name: str
+
+    def model_name(self, dataset: str) -> str:
+        """The registered model's name for the dataset `dataset`."""
+        return self.name.replace("{dataset}", dataset)
+
+
+# --- compare --------------------------------------------------------------------------------------
+
+
+class MethodParams(Section):
+    """One network method of `compare.methods`: a schedule, its batch size, optional epochs."""
+
+    schedule: ScheduleParams
+    batch_size: PositiveInt
+    epochs: PositiveInt | None = None
+
+
+class HgbParams(Section):
+    """`compare.hgb:` HistGradientBoostingClassifier settings."""
+
+    learning_rate: float = Field(default=0.1, gt=0)
+    max_iter: PositiveInt = 100
+    max_leaf_nodes: int = Field(default=31, gt=1)
+
+
+class RayParams(Section):
+    """`compare.ray:` where the trials run (null address: an embedded local Ray)."""
+
+    address: str | None = None
+    num_cpus: PositiveInt | None = None
+
+
+class CompareParams(Section):
+    """`compare:` methods x seeds, and gradient boosting as the reference. A trial's "epochs to
+    target" counts epochs until its validation score reaches `data.target_score`, or when
+    that is null the reference's mean validation score minus `target_margin`."""
+
+    seeds: PositiveInt
+    first_seed: Integer = 0
+    epochs: PositiveInt
+    target_margin: float = Field(default=0.004, ge=0)
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    suggested_lr: Literal["geometric_mean", "arithmetic_mean"] = "geometric_mean"
+    select: list[str] | None = None
+    methods: dict[str, MethodParams]
+    hgb: HgbParams | None = None
+    ray: RayParams = RayParams()
+
+    @model_validator(mode="after")
+    def _names(self) -> CompareParams:
+        if "hgb" in self.methods:
+            raise ValueError("methods: the name hgb is reserved for the gradient-boosting "
+                             "reference")
+        known = [*self.methods, *(["hgb"] if self.hgb is not None else [])]
+        if self.select is not None:
+            unknown = [name for name in self.select if name not in known]
+            if unknown or not self.select:
+                got = repr(unknown[0]) if unknown else "an empty list"
+                raise ValueError(f"select: expected names from {', '.join(known)}, got {got}")
+        return self
+
+
+# --- study --------------------------------------------------------------------------------------
+
+STUDY_DATASETS = ("cardio", "breast_cancer", "diabetes", "wine", "digits", "penguins")
+STUDY_OPTIMIZERS = ("sgd", "adam", "adamw_ema", "muon", "schedule_free_adamw", "prodigy")
+
+
+class StudyDataset(Section):
+    """`study.datasets.<name>:` how long and in which batches its networks train; `rows` keeps
+    that many rows of the table (a stratified sample; null: all)."""
+
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    rows: PositiveInt | None = None
+
+
+class StudyMethod(Section):
+    """`study.methods.<name>:` an optimizer, a learning rate (a number, or `range_test`: the
+    range test's constant suggestion, run with this optimizer) and a schedule; `triangular` and
+    `one_cycle` take their bounds from the range test. `cycles` full triangles fill the run."""
+
+    optimizer: Literal[STUDY_OPTIMIZERS]
+    learning_rate: Number | Literal["range_test"] | None = None
+    schedule: Literal["constant", "triangular", "one_cycle"] = "constant"
+    cycles: PositiveInt = 2
+    options: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _rate(self) -> StudyMethod:
+        if self.schedule == "constant" and self.learning_rate is None:
+            raise ValueError("learning_rate: expected a number or range_test for a constant "
+                             "schedule, got null")
+        if self.schedule != "constant" and self.learning_rate is not None:
+            raise ValueError(f"learning_rate: expected null for schedule {self.schedule} (its "
+                             f"bounds come from the range test), got {_show(self.learning_rate)}")
+        if isinstance(self.learning_rate, int | float) and not self.learning_rate > 0:
+            raise ValueError(f"learning_rate: expected > 0, got {_show(self.learning_rate)}")
+        return self
+
+    @property
+    def uses_range_test(self) -> bool:
+        return self.learning_rate == "range_test" or self.schedule != "constant"
+
+
+class StudyGrid(Section):
+    """`study.grid.<optimizer>:` the tuned oracle's `points` log-spaced constant rates from
+    `low` to `high` (the study's config has 8; tiny test configurations fewer), trained with
+    `study.grid_seeds` seeds each; the best on validation is the oracle."""
+
+    low: Number
+    high: Number
+    points: PositiveInt = 8
+
+    @model_validator(mode="after")
+    def _spaced(self) -> StudyGrid:
+        if not 0 < self.low < self.high:
+            raise ValueError(f"low: expected 0 < low < high ({_show(self.high)}), got "
+                             f"{_show(self.low)}")
+        if self.points < 2:
+            raise ValueError(f"points: expected >= 2 (the oracle is a search), got "
+                             f"{self.points}")
+        return self
+
+    def rates(self) -> list[float]:
+        step = (math.log10(self.high) - math.log10(self.low)) / (self.points - 1)
+        return [float(10 ** (math.log10(self.low) + i * step)) for i in range(self.points)]
+
+
+class StudyParams(Section):
+    """`study:` datasets x methods x seeds against a tuned oracle (see `clrpipe.study.core`)."""
+
+    datasets: dict[Literal[STUDY_DATASETS], StudyDataset]
+    methods: dict[str, StudyMethod]
+    grid: dict[Literal["sgd", "adam"], StudyGrid]
+    seeds: PositiveInt = 5
+    grid_seeds: PositiveInt = 5
+    first_seed: Integer = 0
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    tolerance: float = Field(default=0.01, ge=0)
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    test_size: float = Field(default=0.2, gt=0, lt=1)
+    validation_fraction: float = Field(default=0.2, gt=0, lt=1)
+    split_seed: Integer = 42
+    order_seed: Integer = 42
+    steps_per_execution: PositiveInt = 64
+    range_test: dict[Literal[STUDY_OPTIMIZERS], RangeTestParams] = {}
+    ray: RayParams = RayParams()
+
+    @model_validator(mode="after")
+    def _known(self) -> StudyParams:
+        if not self.datasets or not self.methods:
+            raise ValueError("datasets: expected at least one dataset and one method")
+        for name, method in self.methods.items():
+            if name.startswith("oracle"):
+                raise ValueError(f"methods: the name {name} is reserved for the tuned oracle")
+            if method.uses_range_test and method.optimizer not in self.range_test:
+                raise ValueError(f"range_test: expected a sweep for optimizer "
+                                 f"{method.optimizer} (used by methods.{name}), got none")
+        return self
+
+
+# --- the whole file -----------------------------------------------------------------------------
+
+
+class Params(Section):
+    """All of `params.yaml`: validated at once, before any stage starts its work."""
+
+    data: DataParams
+    model: ModelParams
+    schedule: ScheduleParams
+    range_test: RangeTestParams
+    train: TrainParams
+    tracking: TrackingParams = TrackingParams()
+    compare: CompareParams
+    prepare: PrepareParams
+    split: SplitParams
+    registry: RegistryParams = RegistryParams()
+    study: StudyParams | None = None
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def parse(model: type[ModelT], values: Any, where: str = "", prefix: str = "") -> ModelT:
+    """`model` validated from `values`; a failure is one ClrpipeError line naming the dotted
+    key under `where` (e.g. `range_test.min_lr: expected > 0, got 0`), after `prefix`."""
+    try:
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            return model.model_validate(values)
+        return TypeAdapter(model).validate_python(values)  # a union: ModelParams, DataParams
+    except ValidationError as err:
+        raise ClrpipeError(prefix + describe(err, where)) from None
+
+
+def schedule_spec(values: Any, where: str = "schedule"):
+    """A `schedule:`-style mapping validated into its policy's model; errors name the key
+    under `where` (the mapping's dotted path, e.g. `compare.methods.one_cycle.schedule`)."""
+    try:
+        return _ScheduleHolder.model_validate({"schedule": values}).schedule
+    except ValidationError as err:
+        raise ClrpipeError(where + describe(err).removeprefix("schedule")) from None
+
+
+class _ScheduleHolder(BaseModel):
+    schedule: ScheduleParams
+
+
+_UNION_TAGS = {"schedule": POLICIES, "data": ("cardio", "table"), "model": ("builtin", "custom")}
+_UNION_KEYS = {"schedule": "policy", "data": "kind", "model": "_target_"}
+
+
+def describe(err: ValidationError, where: str = "") -> str:
+    """One line for the first error: `<where>.<dotted key>: <what was expected>, got <value>`."""
+    first = err.errors()[0]
+    loc, tag = [], None
+    for part in map(str, first["loc"]):
+        if loc and part in _UNION_TAGS.get(loc[-1], ()):
+            tag = (_UNION_KEYS[loc[-1]], part)  # the union's tag, not a key the user wrote
+        else:
+            loc.append(part)
+    message = first["msg"].removeprefix("Value error, ")
+    kind = first["type"]
+    if kind == "union_tag_invalid":
+        key = _UNION_KEYS.get(loc[-1] if loc else "schedule", "policy")
+        loc.append(key)
+        tags = _UNION_TAGS.get(loc[-2] if len(loc) > 1 else "schedule", POLICIES)
+        message = f"expected one of {', '.join(tags)}, got {first['ctx']['tag']!r}"
+    elif kind == "extra_forbidden":
+        message = "unknown key" + (f" for {tag[0]} {tag[1]}" if tag else "")
+        if tag == ("_target_", "builtin"):
+            message = "unknown key for the built-in model (set model._target_ to use your own)"
+    elif kind == "union_tag_not_found":
+        message = f"expected a mapping of keys with a policy, got {_show(first.get('input'))}"
+    elif kind == "missing":
+        message = "required"
+    elif kind == "literal_error":
+        message = f"expected one of {first['ctx']['expected'].replace(' or ', ', ')}"
+    named = re.match(r"([a-z_][a-z0-9_]*): (.*)", message)
+    if kind == "value_error" and named:
+        loc.append(named[1])
+        message = named[2]
+    whole = isinstance(first.get("input"), dict)  # a model-level check names its own key
+    if "got " not in message and not whole and kind not in ("missing", "extra_forbidden"):
+        message = f"{message[0].lower()}{message[1:]}, got {_show(first.get('input'))}"
+    key = ".".join(part for part in (where, *loc) if part)
+    return f"{key}: {message}" if key else message

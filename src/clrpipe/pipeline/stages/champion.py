@@ -1,0 +1,76 @@
+"""`champion` stage: the alias `champion` on the better trained model by validation score.
+
+Reads `metrics/train_baseline.json` and `metrics/train_clr.json` (each names the version its
+stage registered), picks the higher final validation score (accuracy, or R² for regression; a
+tie keeps the baseline), and, with `registry.promote: true`, points `models:/<name>@champion`
+at it. Writes `metrics/champion.json` (the choice, both scores, the version, whether the alias
+moved) and logs it in the stage's MLflow run. With `registry.promote: false` the alias stays
+where it was and `clrpipe gate --promote` moves it on a passing gate.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from omegaconf import DictConfig
+
+from clrpipe.errors import ClrpipeError, first_line
+from clrpipe.pipeline import config
+from clrpipe.pipeline.outputs import atomic_outputs
+from clrpipe.pipeline.params import Reads, RegistryParams
+from clrpipe.pipeline.tracking import registry, runs
+
+__all__ = ["CANDIDATES", "OUTPUT", "STAGES", "ChampionReads", "run"]
+
+CANDIDATES = ("train_baseline", "train_clr")
+OUTPUT = Path("metrics/champion.json")
+
+
+class ChampionReads(Reads):
+    """What `champion` reads from params.yaml."""
+
+    registry: RegistryParams
+
+
+STAGES = {"champion": ChampionReads}
+
+
+def _metrics(stage: str) -> dict:
+    path = Path("metrics") / f"{stage}.json"
+    if not path.is_file():
+        raise ClrpipeError(f"{path}: not found; run `clrpipe train {stage[6:]}` first")
+    try:
+        found = json.loads(path.read_text())
+        next(k for k in found if k.startswith("final_val_"))
+    except (ValueError, StopIteration) as err:
+        raise ClrpipeError(f"{path}: no final_val_<score> ({first_line(err) or 'missing'}); "
+                           f"rerun `clrpipe train {stage[6:]}`") from None
+    return found
+
+
+def run(cfg: DictConfig) -> dict:
+    """Choose the champion, move the alias (`registry.promote`), write metrics/champion.json."""
+    p = config.reads(cfg, ChampionReads)
+    found = {stage: _metrics(stage) for stage in CANDIDATES}
+    score = next(k for k in found[CANDIDATES[0]] if k.startswith("final_val_"))
+    best = max(CANDIDATES, key=lambda stage: found[stage].get(score, float("-inf")))
+    chosen = found[best]
+    summary = {
+        "stage": best, "score": score, "value": chosen[score],
+        "candidates": {stage: found[stage].get(score) for stage in CANDIDATES},
+        "registered_model": chosen.get("registered_model"),
+        "model_version": chosen.get("model_version"), "promoted": False, "previous": None,
+    }
+    with runs.stage_run(cfg, "champion") as tracked, atomic_outputs(OUTPUT) as (tmp,):
+        if p.registry.promote and tracked.active and summary["model_version"] is not None:
+            summary["previous"] = registry.promote(tracked.client, summary["registered_model"],
+                                                   summary["model_version"])
+            summary["promoted"] = True
+        tracked.log_report(summary, OUTPUT.name)
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    where = (f"{registry.champion_uri(summary['registered_model'])} = version "
+             f"{summary['model_version']}" if summary["promoted"] else "alias not moved")
+    click.echo(f"champion: {best} ({score} {chosen[score]:.4f}); {where} -> {OUTPUT}")
+    return summary

@@ -1,0 +1,1 @@
+"""The tracking wing: MLflow runs, the model registry and serving."""

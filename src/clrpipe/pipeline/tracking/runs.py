@@ -1,0 +1,822 @@
+"""MLflow tracking: one parent run per pipeline execution, one child run per stage.
+
+A DVC pipeline runs each stage in its own process, so the parent is found, not passed: its key
+is the git commit, the DVC experiment name ($DVC_EXP_NAME) and the params.yaml content, the same
+for every stage of one execution. Under `mlflow run` the run MLflow started ($MLFLOW_RUN_ID) is
+the parent. Runs are driven through `MlflowClient` with explicit ids, so nothing depends on the
+fluent API's notion of an active run (`mlflow run` + `set_experiment` = mlflow#2735).
+
+Where runs go: $MLFLOW_TRACKING_URI, when set, overrides `tracking.uri`. `mlflow run` (and its
+Kubernetes backend) sets it to the store holding the run it started, so the stage's child run
+lands next to its parent; that parent's experiment wins over `tracking.experiment`.
+
+The project root is $DVC_ROOT (else the working directory), except that a path inside a DVC
+experiment copy (`<project>/.dvc/tmp/exps/<copy>/...`, where `--temp` and queued experiments
+run and which DVC deletes afterwards) stands for the same path in the real project. A relative
+`sqlite:///mlflow.db` is made absolute against that root, so every process (the workspace, a
+queued or `--temp` experiment, another checkout given the same absolute URI) writes one store.
+
+Where artifacts go: an experiment created in a SQLite store gets the absolute artifact location
+`<folder of the .db>/mlartifacts/<experiment>` (MLflow's default, `./mlruns` of whichever
+process creates it, would point into a DVC copy that is deleted). A tracking server chooses its
+own (`--artifacts-destination`). Creating the SQLite store, its tables and the experiment is done
+under an fcntl lock on `<store>.db.lock` beside the db, so parallel stages cannot race.
+
+A tracking server is checked at stage start (GET /health, one try): an unreachable one fails the
+stage at once with a `ClrpipeError` saying how to start one. During a run MLflow's HTTP client
+retries each call; `stage_run` sets these defaults (with `os.environ.setdefault`, so a value the
+user exported wins) so that a server that dies fails the stage in well under two minutes
+instead of many (MLflow's own are 7 retries, backoff factor 2 and a 120 s timeout):
+
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES=4       retries per call (urllib3 backoff 0, 4, 8, 16 s)
+    MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=2
+    MLFLOW_HTTP_REQUEST_BACKOFF_JITTER=1    up to 1 s added to each backoff
+    MLFLOW_HTTP_REQUEST_TIMEOUT=10          seconds per attempt (connect, or between bytes read)
+
+With those, a stage whose server is killed (connections refused) fails about 30 s later, one
+whose server hangs (connections accepted, never answered) about 85 s later, with one
+`ClrpipeError` line naming the server and no further waiting on it; the run it could not close
+stays RUNNING on the server until the next stage on this host marks it abandoned (below).
+
+A stage that raises ends its run FAILED (KILLED on Ctrl-C or SIGTERM) with the error as a tag.
+A stage killed outright (SIGKILL, OOM, a lost machine) cannot: every stage run is tagged with
+the host, pid and process start time of its process, and a stage opening a run first sets FAILED
+(tag `clrpipe.error` = ABANDONED) the experiment's RUNNING stage runs whose process is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import mlflow
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from omegaconf import DictConfig, OmegaConf
+
+from clrpipe.errors import ClrpipeError, first_line
+from clrpipe.pipeline.config import PARAMS_FILE, flatten, project_root, real_path
+from clrpipe.pipeline.outputs import uninterruptible
+from clrpipe.pipeline.params import TrackingParams
+
+__all__ = [
+    "ABANDONED",
+    "ARTIFACTS_FOLDER",
+    "BUFFER_SECONDS",
+    "ERROR_TAG",
+    "HOST_TAG",
+    "HTTP_DEFAULTS",
+    "LOCK_TIMEOUT",
+    "MODEL_PACKAGES",
+    "PID_NAMESPACE_TAG",
+    "PID_TAG",
+    "PIPELINE_TAG",
+    "PROBE_TIMEOUT",
+    "PROCESS_START_TAG",
+    "STAGE_TAG",
+    "STARTED_TAG",
+    "TRIAL_TAG",
+    "StageRun",
+    "TrialRuns",
+    "artifact_location",
+    "git_commit",
+    "model_requirements",
+    "resolve_uri",
+    "stage_run",
+    "store_uri",
+]
+
+for _chatty in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database ..."
+    logging.getLogger(_chatty).setLevel(logging.WARNING)
+
+PIPELINE_TAG = "clrpipe.pipeline"
+BUFFER_SECONDS = 5.0  # buffered metrics reach the store at most this often (see StageRun)
+STAGE_TAG = "clrpipe.stage"
+ERROR_TAG = "clrpipe.error"
+HOST_TAG = "clrpipe.host"
+PID_TAG = "clrpipe.pid"
+PROCESS_START_TAG = "clrpipe.process_start"  # /proc/<pid>/stat start time: tells pid reuse
+PID_NAMESPACE_TAG = "clrpipe.pid_namespace"  # boot id + pid namespace the pid belongs to
+STARTED_TAG = "clrpipe.started"
+ABANDONED = "abandoned: process ended without closing the run"
+ARTIFACTS_FOLDER = "mlartifacts"
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+PROBE_TIMEOUT = (3.0, 5.0)  # connect, read: the one /health request at stage start
+LOCK_TIMEOUT = 120.0  # seconds to wait for another process creating the store
+
+
+def store_uri(configured: str, environ: Mapping[str, str] = os.environ) -> str:
+    """$MLFLOW_TRACKING_URI when set and not empty, else `tracking.uri`; made absolute."""
+    return resolve_uri(environ.get("MLFLOW_TRACKING_URI") or configured)
+
+
+def resolve_uri(uri: str) -> str:
+    """Make a relative `sqlite:///file.db` absolute against the project root, and one inside a
+    DVC experiment copy point into the real project."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return uri
+    path = uri[len(prefix):]
+    if not path.startswith("/"):
+        return prefix + str(project_root() / path)
+    return prefix + str(real_path(Path(path)))
+
+
+def git_commit() -> str:
+    """The commit the code came from: a DVC experiment's baseline ($DVC_EXP_BASELINE_REV: a
+    queued one runs after HEAD may have moved), else HEAD; "unknown" outside a git checkout
+    or without git (as in the image)."""
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        return os.environ["DVC_EXP_BASELINE_REV"]
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=project_root()
+        )
+    except OSError:
+        return "unknown"
+    return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+
+class StageRun:
+    """Handle on a stage's MLflow run: explicit-id logging helpers."""
+
+    def __init__(self, client: MlflowClient | None, run_id: str | None):
+        self.client = client
+        self.run_id = run_id
+        self._buffer: list[Metric] = []
+        self._sent = time.monotonic()
+
+    @property
+    def active(self) -> bool:
+        return self.client is not None
+
+    def log_metrics(
+        self, metrics: Mapping[str, float], step: int | None = None, *, buffered: bool = False
+    ) -> None:
+        """Log now, or with `buffered` collect them and write one batch at most every
+        BUFFER_SECONDS: per-epoch metrics while training, where a store write per epoch (about
+        10 ms) slows 0.1-0.25 s epochs by several percent. `flush` writes the rest; `stage_run`
+        flushes before it ends the run. (MLflow's own async logging is no cheaper here: ending a
+        run waits up to a second for its logging thread to notice.)"""
+        if not self.active:
+            return
+        now = _now_ms()
+        self._buffer.extend(Metric(k, float(v), now, step or 0) for k, v in metrics.items())
+        if not buffered or time.monotonic() - self._sent >= BUFFER_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered metrics (`MlflowClient.log_batch` splits them into MLflow's
+        1000-metric requests itself)."""
+        if not self.active:
+            return
+        if self._buffer:
+            self.client.log_batch(self.run_id, metrics=self._buffer)
+        self._buffer = []
+        self._sent = time.monotonic()
+
+    def log_series(self, key: str, steps: list[int], values: list[float]) -> None:
+        """One metric at many steps, written now (with anything buffered)."""
+        if self.active:
+            now = _now_ms()
+            self._buffer.extend(
+                Metric(key, float(v), now, int(s)) for s, v in zip(steps, values, strict=True)
+            )
+            self.flush()
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        if self.active:
+            self.client.log_artifact(self.run_id, str(path), folder)
+
+    def log_artifacts(self, folder: Path, into: str | None = None) -> None:
+        if self.active:
+            self.client.log_artifacts(self.run_id, str(folder), into)
+
+    def log_files(self, files: Mapping[Path, Path], folder: str | None = None) -> None:
+        """Log temporary files under their final names ({final path: temp path})."""
+        if not self.active:
+            return
+        with tempfile.TemporaryDirectory() as scratch:
+            for final, temp in files.items():
+                shutil.copyfile(temp, Path(scratch) / Path(final).name)
+            self.log_artifacts(Path(scratch), folder)
+
+    def log_figures(self, figures: Mapping, folder: str) -> None:
+        """Matplotlib figures as `<folder>/<name>.png`, in one call."""
+        if not self.active:
+            return
+        from clrpipe.plots import png_bytes
+
+        with tempfile.TemporaryDirectory() as scratch:
+            for name, figure in figures.items():
+                (Path(scratch) / f"{name}.png").write_bytes(png_bytes(figure))
+            self.log_artifacts(Path(scratch), folder)
+
+    def log_keras_model(self, model, example, columns: list[str]) -> None:
+        """The Keras model as the run's `model`, with its signature and an input example."""
+        if not self.active:
+            return
+        import keras
+        from mlflow.models import infer_signature
+
+        signature = infer_signature(example, keras.ops.convert_to_numpy(model(example)))
+        quiet = logging.getLogger("mlflow.utils.environment")  # "Failed to resolve installed
+        level = quiet.level                                    # pip version": uv venvs lack pip
+        quiet.setLevel(logging.ERROR)
+        try:
+            mlflow.keras.log_model(model, name="model", signature=signature,
+                                   pip_requirements=model_requirements())
+        finally:
+            quiet.setLevel(level)
+        self.log_dict({"columns": columns, "data": example.tolist()}, "model/input_example.json")
+
+    def log_datasets(self, frames: Mapping, name: str, target: str) -> None:
+        """Each {context: frame} as an MLflow dataset input named `<name>_<context>`.
+
+        The schema comes from the first rows when no value is missing: MLflow tests every
+        value in Python to mark columns required (0.4 s for the training split), and with
+        nothing missing the first rows give the same schema."""
+        if not self.active:
+            return
+        from mlflow.models import infer_signature
+
+        for context, frame in frames.items():
+            with warnings.catch_warnings():  # the integer target's "missing values" hint
+                warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer")
+                dataset = mlflow.data.from_pandas(frame, targets=target, name=f"{name}_{context}")
+                if not frame.isna().to_numpy().any():
+                    dataset.schema = infer_signature(frame.head(100)).inputs
+            mlflow.log_input(dataset, context=context)
+
+    def log_report(self, report: Mapping, name: str) -> None:
+        """A stage's report: its numeric entries as metrics (nested keys dotted), all of it as
+        the JSON artifact `name`."""
+        if not self.active:
+            return
+        self.log_metrics({k: float(v) for k, v in flatten(report).items()
+                          if isinstance(v, int | float) and not isinstance(v, bool)})
+        self.log_dict(report, name)
+
+    def log_dict(self, data: Mapping, name: str) -> None:
+        if self.active:
+            self.client.log_dict(self.run_id, dict(data), name)
+
+    def set_tag(self, key: str, value: str) -> None:
+        if self.active:
+            self.client.set_tag(self.run_id, key, value)
+
+
+MODEL_PACKAGES = ("mlflow", "keras", "tensorflow", "numpy")
+
+
+def model_requirements(*extra: str) -> list[str]:
+    """Pinned pip requirements of a logged model: the installed versions of `MODEL_PACKAGES`
+    and `extra`. Given explicitly because MLflow's inference re-imports the model in a
+    subprocess (14 s per logged model here) and still missed tensorflow, Keras's backend."""
+    return [f"{name}=={version(name)}" for name in (*MODEL_PACKAGES, *extra)]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@contextlib.contextmanager
+def stage_run(cfg: DictConfig, stage: str) -> Iterator[StageRun]:
+    """Open the child run of `stage` under this pipeline execution's parent run."""
+    from clrpipe.pipeline import config
+    params = config.section(cfg, "tracking", TrackingParams)
+    if not params.enabled:
+        yield StageRun(None, None)
+        return
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    with _environment_kept("MLFLOW_TRACKING_URI"):  # set_tracking_uri exports it
+        uri = store_uri(params.uri)
+        parent_id = os.environ.pop("MLFLOW_RUN_ID", None)
+        launched = parent_id is not None  # by `mlflow run`, which sets its own run's status
+        client, parent_id, run_id = _open_run(uri, params.experiment, stage, parent_id)
+        tracked = StageRun(client, run_id)
+        try:
+            mlflow.set_tracking_uri(uri)
+            mlflow.start_run(run_id=run_id)
+            flat = flatten(OmegaConf.to_container(cfg, resolve=True))
+            client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in flat.items()])
+            yield tracked
+            tracked.flush()
+            with uninterruptible():
+                mlflow.end_run("FINISHED")
+                if not launched:  # a shared pipeline parent an earlier failure left FAILED/KILLED
+                    client.set_terminated(parent_id, "FINISHED")
+        except BaseException as err:
+            interrupted = isinstance(err, KeyboardInterrupt)
+            lost = _server_lost(uri, timeout=(2.0, 2.0))  # it had its retries already
+            status = "KILLED" if interrupted else "FAILED"
+            with uninterruptible():
+                if lost is None:
+                    _quietly(tracked.flush)
+                    _quietly(client.set_tag, run_id, ERROR_TAG,
+                             "interrupted" if interrupted else first_line(err)[:5000])
+                    _quietly(mlflow.end_run, status)
+                    _quietly(client.set_terminated, parent_id, status)
+                else:  # no more waiting on the server: only drop MLflow's active run, which
+                    with _fail_fast():  # end_run pops before its one quick, failing request
+                        _quietly(mlflow.end_run, status)
+            if interrupted or isinstance(err, ClrpipeError):
+                raise
+            if lost is not None:
+                why = _reason(err) if _is_store_error(err) else lost  # the call's, not the probe's
+                raise ClrpipeError(
+                    f"tracking server {uri} stopped answering during stage '{stage}' ({why}); "
+                    f"its run {run_id} stays RUNNING there until the next stage on this host "
+                    "marks it abandoned"
+                ) from err
+            if _is_store_error(err):
+                raise ClrpipeError(f"tracking store {uri}: {_reason(err)}") from err
+            raise
+
+
+def _open_run(
+    uri: str, experiment: str, stage: str, parent_id: str | None
+) -> tuple[MlflowClient, str, str]:
+    """Client, parent run id and the new stage run's id; any store failure is one
+    ClrpipeError line naming the store."""
+    _check_server(uri)
+    try:
+        with _store_lock(uri), _quiet_logger("mlflow.store.db.utils"):
+            client = MlflowClient(uri)
+            if parent_id:
+                experiment_id = client.get_run(parent_id).info.experiment_id
+            else:
+                experiment_id = _experiment_id(client, experiment, uri)
+                parent_id = _pipeline_parent(client, experiment_id)
+            _close_abandoned(client, experiment_id)
+            tags = {
+                MLFLOW_PARENT_RUN_ID: parent_id,
+                MLFLOW_RUN_NAME: stage,
+                STAGE_TAG: stage,
+                "mlflow.source.git.commit": git_commit(),
+                "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
+                **_process_tags(),
+            }
+            run_id = client.create_run(experiment_id, tags=tags).info.run_id
+    except ClrpipeError:
+        raise
+    except Exception as err:
+        if (lost := _server_lost(uri)) is not None:
+            raise ClrpipeError(_unreachable(uri, lost)) from err
+        raise ClrpipeError(f"tracking store {uri}: {_reason(err)}") from err
+    return client, parent_id, run_id
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Silence a logger that prints a store error with its traceback before raising it: at
+    stage start that error becomes the stage's one error line instead."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _quietly(call, *args) -> None:
+    """A write on the way out of a failed stage: it must not mask the failure."""
+    with contextlib.suppress(Exception):
+        call(*args)
+
+
+@contextlib.contextmanager
+def _environment_kept(name: str) -> Iterator[None]:
+    """Restore environment variable `name` afterwards: `mlflow.set_tracking_uri` exports
+    $MLFLOW_TRACKING_URI, which would otherwise override the next stage's `tracking.uri`."""
+    before = os.environ.get(name)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+# --- the store: SQLite file + lock, or a tracking server ----------------------------------
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of an absolute `sqlite:////path.db` URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = unquote(uri[len("sqlite:///"):].split("?", 1)[0])
+    return Path(path) if path.startswith("/") else None
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Where a new experiment's artifacts go: beside a SQLite store, else the server's choice."""
+    db = _sqlite_file(uri)
+    if db is None:
+        return None
+    return str(db.parent / ARTIFACTS_FOLDER / re.sub(r"[^\w.-]+", "_", experiment))
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """For a SQLite store, hold an exclusive fcntl lock on `<db>.lock` (creating the store's
+    tables and its Default experiment on first use while holding it)."""
+    db = _sqlite_file(uri)
+    if db is None:
+        yield
+        return
+    if not db.parent.is_dir():
+        raise ClrpipeError(f"tracking store {uri}: folder {db.parent} does not exist")
+    lock = db.with_name(db.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise ClrpipeError(f"tracking store {uri}: cannot create {lock}: {err.strerror}") from err
+    try:
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ClrpipeError(
+                        f"tracking store {uri}: {lock} still locked by another process after "
+                        f"{LOCK_TIMEOUT:.0f} s"
+                    ) from None
+                time.sleep(0.05)
+        if not db.is_file() or db.stat().st_size == 0:
+            _create_store(uri, db)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _create_store(uri: str, db: Path) -> None:
+    """Tables and the Default experiment, with artifacts beside the db (MLflow would put the
+    Default experiment's under the creating process's ./mlruns)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore(uri, str(db.parent / ARTIFACTS_FOLDER))
+    store.engine.dispose()
+
+
+def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location(uri, name))
+    except MlflowException as err:  # created meanwhile by another process (server stores)
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise ClrpipeError(
+                f"tracking store {uri}: cannot create experiment '{name}': {_reason(err)}"
+            ) from err
+        return experiment.experiment_id
+
+
+def _is_http(uri: str) -> bool:
+    return urlsplit(uri).scheme in ("http", "https")
+
+
+def _check_server(uri: str) -> None:
+    """A tracking server that does not answer fails the stage now, in one line."""
+    if _is_http(uri) and (lost := _server_lost(uri)) is not None:
+        raise ClrpipeError(_unreachable(uri, lost))
+
+
+def _server_lost(uri: str, timeout: tuple[float, float] = PROBE_TIMEOUT) -> str | None:
+    """For a tracking server that cannot be reached, why (one try, a few seconds); else None.
+    Any HTTP answer, even an error status, means it is there."""
+    if not _is_http(uri):
+        return None
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except requests.RequestException as err:
+        return _reason(err, seconds=max(timeout))
+    return None
+
+
+def _unreachable(uri: str, why: str) -> str:
+    parts = urlsplit(uri)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    db = project_root() / "mlflow.db"
+    return (
+        f"tracking server {uri} is not reachable ({why}); start one with `mlflow server "
+        f"--backend-store-uri sqlite:///{db} --host {parts.hostname} --port {port}`, or set "
+        "tracking.uri (or $MLFLOW_TRACKING_URI) to sqlite:///mlflow.db"
+    )
+
+
+@contextlib.contextmanager
+def _fail_fast() -> Iterator[None]:
+    """MLflow HTTP calls with one attempt and a 1 s timeout (after the server was lost; else
+    its atexit hook would end the active run with the full retries on the way out)."""
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "1"}
+    before = {name: os.environ.get(name) for name in quick}
+    os.environ.update(quick)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _is_store_error(err: BaseException) -> bool:
+    import requests
+    import sqlalchemy
+
+    return isinstance(
+        err, MlflowException | requests.RequestException | sqlalchemy.exc.SQLAlchemyError
+    )
+
+
+def _reason(err: BaseException, seconds: float | None = None) -> str:
+    """A short why for a store or connection failure (`seconds`: the timeout that applied,
+    else MLflow's per-request one)."""
+    text = " ".join(str(e) for e in _chain(err))
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    retried = "API request to" in text and "Max retries exceeded" in text  # MLflow's client
+    tries = f" after {retries} retries" if retried and retries else ""
+    if "Connection refused" in text:
+        return f"connection refused{tries}"
+    if "timed out" in text.lower() or "timeout" in text.lower():
+        waited = f"{seconds:g}" if seconds else os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "?")
+        return f"no answer within {waited} s{tries}"
+    if "Name or service not known" in text or "nodename nor servname" in text:
+        return "unknown host"
+    line = first_line(err)
+    line = re.sub(r"^\((\w+\.)*\w+\)\s*", "", line)  # "(sqlite3.OperationalError) ..."
+    return line.split(" [SQL:", 1)[0][:300]
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while err is not None and err not in seen:
+        seen.append(err)
+        err = err.__cause__ or err.__context__
+    return seen
+
+
+# --- the parent run ------------------------------------------------------------------------
+
+
+def _pipeline_parent(client: MlflowClient, experiment_id: str) -> str:
+    params_text = PARAMS_FILE.read_bytes() if PARAMS_FILE.is_file() else b""
+    exp_name = os.environ.get("DVC_EXP_NAME", "")
+    key = hashlib.sha256(
+        b"\0".join([git_commit().encode(), exp_name.encode(), params_text])
+    ).hexdigest()[:16]
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{key}'", max_results=1
+    )
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(
+        experiment_id,
+        tags={
+            PIPELINE_TAG: key,
+            MLFLOW_RUN_NAME: f"pipeline {exp_name or 'workspace'} {key[:7]}",
+            "mlflow.source.git.commit": git_commit(),
+            "dvc.exp_name": exp_name,
+        },
+    )
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+TRIAL_TAG = "clrpipe.trial"
+
+
+class TrialRuns:
+    """Child runs of a stage's run, one per trial (method x seed), written by one process.
+
+    A trial's run is created when its result arrives, with the per-epoch metrics at the times
+    the task recorded, the LR series and the final metrics, and ended FINISHED at the trial's
+    end time. If the stage then fails, `revoke` marks the finished ones FAILED (KILLED on an
+    interrupt) with the reason, so no trial run outlives a failed stage run FINISHED."""
+
+    def __init__(self, tracked: StageRun):
+        self.client = tracked.client
+        self.parent = tracked.run_id
+        self.experiment = (
+            self.client.get_run(self.parent).info.experiment_id if tracked.active else None
+        )
+        self.finished_ids: list[str] = []
+        self._outcomes: dict[str, tuple] = {}
+
+    def _create(self, name: str, seed: int, start_ms: int | None = None) -> str:
+        tags = {
+            MLFLOW_PARENT_RUN_ID: self.parent,
+            MLFLOW_RUN_NAME: f"{name} seed {seed}",
+            TRIAL_TAG: f"{name}/{seed}",
+            "clrpipe.method": name,
+            "clrpipe.seed": str(seed),
+        }
+        return self.client.create_run(self.experiment, start_time=start_ms, tags=tags).info.run_id
+
+    def failed(self, name: str, seed: int, params: Mapping, message: str) -> None:
+        """A FAILED run for a trial that raised, with its parameters and the error."""
+        if self.client is None:
+            return
+        run_id = self._create(name, seed)
+        self.client.log_batch(run_id, params=_params(params))
+        self.client.set_tag(run_id, ERROR_TAG, message[:5000])
+        self.client.set_terminated(run_id, "FAILED")
+
+    def finished(self, name: str, seed: int, params: Mapping, out: Mapping) -> None:
+        """A complete FINISHED run for a trial that returned `out` (`comparison.parallel`'s task
+        result)."""
+        if self.client is None:
+            return
+        run_id = self._create(name, seed, out["start_ms"])
+        self.client.log_batch(run_id, metrics=_trial_metrics(out), params=_params(params))
+        self.client.set_terminated(run_id, "FINISHED", end_time=out["end_ms"])
+        self.finished_ids.append(run_id)
+        self._outcomes[run_id] = (out["outcome"], out["end_ms"])
+
+    def log_targets(self, target: float) -> None:
+        """Add to every finished trial's run when its validation score reached `target`
+        (known only once every trial, the reference included, has ended)."""
+        for run_id, (outcome, end_ms) in self._outcomes.items():
+            metrics = [Metric(k, float(v), end_ms, 0)
+                       for k, v in _target_metrics(outcome, target).items()]
+            self.client.log_batch(run_id, metrics=metrics)
+
+    def revoke(self, status: str, message: str) -> None:
+        """The stage run did not finish: neither do the trials that had. The first write that
+        fails stops it (a lost server would otherwise cost its retries per trial); the next
+        stage's abandoned-run sweep does not reach trial runs, so the error says so."""
+        for run_id in self.finished_ids:
+            try:
+                self.client.set_tag(run_id, ERROR_TAG, message[:5000])
+                self.client.set_terminated(run_id, status)
+            except Exception:  # the stage's own failure is what the user must see
+                return
+
+    @contextlib.contextmanager
+    def revoked_on_failure(self) -> Iterator[TrialRuns]:
+        """Revoke the finished trials if the block raises (KILLED on an interrupt)."""
+        try:
+            yield self
+        except KeyboardInterrupt:
+            self.revoke("KILLED", "interrupted")
+            raise
+        except BaseException as err:
+            self.revoke("FAILED", f"the stage failed: {first_line(err)}")
+            raise
+
+
+def _params(values: Mapping) -> list[Param]:
+    return [Param(k, str(v)) for k, v in flatten(values).items()]
+
+
+def _trial_metrics(out: Mapping) -> list[Metric]:
+    """Final metrics and, for networks, every epoch and LR step."""
+    outcome, end_ms = out["outcome"], out["end_ms"]
+    final = {
+        f"test_{outcome.metric}": outcome.test_score,
+        "test_loss": outcome.test_loss,
+        "final_loss": outcome.final_loss,
+        "train_seconds": sum(outcome.epoch_seconds),  # as in trials.csv and the summary
+    }
+    if "history" not in out:  # gradient boosting
+        final |= {f"val_{outcome.metric}": out["val_score"], "iterations": out["iterations"]}
+    metrics = [Metric(k, float(v), end_ms, 0) for k, v in final.items()]
+    history = out.get("history")
+    if history is not None:
+        for step, stamp in enumerate(out["epoch_end_ms"]):
+            metrics += [Metric(key, float(values[step]), stamp, step)
+                        for key, values in history.epochs.items()]
+            metrics.append(Metric("epoch_seconds", history.epoch_seconds[step], stamp, step))
+        metrics += [Metric("learning_rate", float(v), end_ms, int(s))
+                    for s, v in zip(history.lr_steps, history.lr_values, strict=True)]
+    return metrics
+
+
+def _target_metrics(outcome, target: float) -> dict[str, float]:
+    """Whether and when a trial's validation score first reached `target`."""
+    from clrpipe.pipeline.comparison.compare import first_reach
+
+    epoch, seconds = first_reach(outcome.val_score, outcome.epoch_seconds, target)
+    found = {"target": target, "reached_target": float(epoch is not None)}
+    if epoch is not None:
+        found["seconds_to_target"] = seconds
+        if outcome.epochs:
+            found["epochs_to_target"] = epoch
+    return found
+# --- who runs a stage, and runs whose process is gone ---------------------------------------
+
+
+def _process_tags(pid: int | None = None) -> dict[str, str]:
+    pid = os.getpid() if pid is None else pid
+    return {
+        HOST_TAG: socket.gethostname(),
+        PID_TAG: str(pid),
+        PROCESS_START_TAG: _process_start(pid) or "",
+        PID_NAMESPACE_TAG: _pid_namespace(),
+        STARTED_TAG: datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/<pid>/stat (after the command name), or None."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2:].split()
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks after boot (field 22), or None."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
+
+
+def _pid_namespace() -> str:
+    """`<boot id>/<pid namespace>`: pids compare only within one boot and one namespace."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
+
+
+def _process_gone(tags: Mapping[str, str]) -> bool:
+    """Whether the process recorded in a run's tags has certainly ended."""
+    if tags.get(HOST_TAG) != socket.gethostname():
+        return False
+    try:
+        pid = int(tags.get(PID_TAG, ""))
+    except ValueError:
+        return False
+    then, here = tags.get(PID_NAMESPACE_TAG, ""), _pid_namespace()
+    if then and here and then != here:
+        return then.split("/")[0] != here.split("/")[0]  # rebooted since; else can't tell
+    if Path("/proc/self/stat").is_file():
+        fields = _proc_stat(pid)
+        if fields is None or fields[0] in ("Z", "X"):  # no such process, or ended unreaped
+            return True
+        recorded = tags.get(PROCESS_START_TAG)
+        return bool(recorded) and recorded != _process_start(pid)  # the pid was reused
+    try:  # no /proc: the pid alone
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _close_abandoned(client: MlflowClient, experiment_id: str) -> None:
+    """Set FAILED (tagged ABANDONED) this host's RUNNING stage runs whose process is gone."""
+    query = f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{socket.gethostname()}'"
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], filter_string=query, max_results=500, page_token=token
+        )
+        for run in page:
+            if STAGE_TAG in run.data.tags and _process_gone(run.data.tags):
+                client.set_tag(run.info.run_id, ERROR_TAG, ABANDONED)
+                client.set_terminated(run.info.run_id, "FAILED")
+                parent = run.data.tags.get(MLFLOW_PARENT_RUN_ID)
+                if parent:
+                    with contextlib.suppress(MlflowException):
+                        if PIPELINE_TAG in client.get_run(parent).data.tags:
+                            client.set_terminated(parent, "FAILED")
+        token = page.token
+        if not token:
+            return
