@@ -19,8 +19,8 @@ import numpy as np
 from pydantic import ValidationError
 
 from clrpipe.errors import ClrpipeError
-from clrpipe.pipeline.params import RangeTestParams
 from clrpipe.range_test import Curve, DivergenceMonitor, RangeTestResult, analyse, lr_schedule
+from clrpipe.settings import RangeTestParams
 
 __all__ = ["LRFinder", "RangeTestResult", "lr_range_test"]
 

@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from clrpipe.errors import ClrpipeError
-from clrpipe.pipeline.params import RangeTestParams
+from clrpipe.settings import RangeTestParams
 from clrpipe.stats import median
 
 __all__ = [

@@ -37,8 +37,8 @@ import tensorflow as tf
 
 from clrpipe import keras_private
 from clrpipe.errors import ClrpipeError
-from clrpipe.pipeline.params import RangeTestParams
 from clrpipe.range_test import Curve, DivergenceMonitor, RangeTestResult, analyse, lr_schedule
+from clrpipe.settings import RangeTestParams
 
 __all__ = ["has_custom_train_step", "preserved_state", "run_range_test", "sweep"]
 

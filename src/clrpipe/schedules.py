@@ -10,7 +10,7 @@ schedule, and training resumes at the restored `optimizer.iterations`.
 (tfa's stored lambda made saved models unloadable, tensorflow/addons#2380) and accepts int32
 and int64 step counters (tfa's triangular2/exp_range crash on an int64 step, PR #2756).
 
-`build_schedule` turns a `schedule:` section (validated by `clrpipe.pipeline.params.ScheduleParams`)
+`build_schedule` turns a `schedule:` section (validated by `clrpipe.settings.ScheduleParams`)
 into a schedule, filling null learning rates from the range test.
 """
 
@@ -23,10 +23,9 @@ from typing import Any
 import keras
 from keras import ops
 
-from clrpipe import keras_private
+from clrpipe import keras_private, settings
 from clrpipe.errors import ClrpipeError
-from clrpipe.pipeline import params
-from clrpipe.pipeline.params import (
+from clrpipe.settings import (
     ConstantSchedule,
     CyclicalSchedule,
     OneCycleSchedule,
@@ -45,7 +44,7 @@ __all__ = [
 
 LearningRateSchedule = keras.optimizers.schedules.LearningRateSchedule
 
-POLICIES = params.CYCLICAL
+POLICIES = settings.CYCLICAL
 SCALE_MODES = ("cycle", "iterations")
 ANNEALS = ("cos", "linear")
 
@@ -378,7 +377,7 @@ def build_schedule(
     epochs: int | None = None,
     where: str = "schedule",
 ) -> LearningRateSchedule:
-    """The schedule a `schedule:` section describes (a `params.ScheduleParams`, or a mapping
+    """The schedule a `schedule:` section describes (a `settings.ScheduleParams`, or a mapping
     validated into one), for a run of `train_rows` rows at `batch_size`.
 
     Iterations per epoch are ceil(train_rows / batch_size) unless `iterations_rows` overrides
@@ -388,12 +387,12 @@ def build_schedule(
     A bad value raises a one-line `ClrpipeError` naming the key under `where`.
     """
     if not isinstance(spec, ConstantSchedule | CyclicalSchedule | OneCycleSchedule):
-        spec = params.schedule_spec(dict(spec) if isinstance(spec, Mapping) else spec, where)
+        spec = settings.schedule_spec(dict(spec) if isinstance(spec, Mapping) else spec, where)
     if isinstance(train_rows, bool) or not isinstance(train_rows, int) or train_rows <= 0:
         raise ClrpipeError(f"train_rows: expected a positive integer, got {train_rows!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ClrpipeError(f"batch_size: expected a positive integer, got {batch_size!r}")
-    spec = params.fill_bounds(spec, bounds, where)
+    spec = settings.fill_bounds(spec, bounds, where)
     if isinstance(spec, ConstantSchedule):
         return ConstantLearningRate(spec.learning_rate)
     rows = train_rows if spec.iterations_rows is None else spec.iterations_rows
