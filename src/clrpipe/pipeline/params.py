@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -49,8 +49,25 @@ from clrpipe.settings import (  # the library's config types, re-exported
 
 PARAMS_FILE = Path("params.yaml")
 
+AUTO = "auto"
+AUTO_KEYS = {
+    "train.baseline.batch_size": "batch_size",
+    "train.baseline.epochs": "epochs",
+    "train.clr.batch_size": "batch_size",
+    "train.clr.epochs": "epochs",
+    "schedule.step_size_epochs": "step_size_epochs",
+    "range_test.num_steps": "num_steps",
+    "range_test.validation_rows": "validation_rows",
+}
+"""The keys that may say `auto`: sized from the table's training rows by `data.sizing.rule`
+(the name is the rule's field) in the stages that know the rows, before they read the key."""
+_AUTO_STAND_INS = {"batch_size": 1, "epochs": 1, "step_size_epochs": 1.0, "num_steps": 400,
+                   "validation_rows": 0}
+
 __all__ = [
     "ACTIVATIONS",
+    "AUTO",
+    "AUTO_KEYS",
     "INITIALIZERS",
     "PARAMS_FILE",
     "POLICIES",
@@ -92,6 +109,7 @@ __all__ = [
     "fill_bounds",
     "parse",
     "schedule_spec",
+    "settle_auto_schedule",
 ]
 
 
@@ -522,11 +540,28 @@ class StudyParams(Section):
         return self
 
 
+def settle_auto_schedule(schedule: dict) -> dict:
+    """`schedule:` without an `auto` half cycle where there is nothing to size: a policy
+    without one (constant, one_cycle: the key goes) or a half cycle set in steps (`step_size`:
+    the key becomes null). `data: table` sets `auto` whichever schedule is chosen."""
+    if schedule.get("step_size_epochs") != AUTO:
+        return schedule
+    schedule = {**schedule}
+    if schedule.get("policy", "triangular") not in get_args(
+            CyclicalSchedule.model_fields["policy"].annotation):
+        del schedule["step_size_epochs"]
+    elif schedule.get("step_size") is not None:
+        schedule["step_size_epochs"] = None
+    return schedule
+
+
 # --- the whole file -----------------------------------------------------------------------------
 
 
 class Params(Section):
-    """All of `params.yaml`: validated at once, before any stage starts its work."""
+    """All of `params.yaml`: validated at once, before any stage starts its work. An `auto`
+    at one of `AUTO_KEYS` is checked with a valid stand-in number (the stages that read those
+    keys resolve `auto` first, with `data.sizing.resolve`); `auto` elsewhere is an error."""
 
     data: DataParams
     model: ModelParams
@@ -539,3 +574,23 @@ class Params(Section):
     split: SplitParams
     registry: RegistryParams = RegistryParams()
     study: StudyParams | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        values = {**values}
+        if isinstance(values.get("schedule"), dict):
+            values["schedule"] = settle_auto_schedule(values["schedule"])
+        for key, size in AUTO_KEYS.items():
+            *parents, last = key.split(".")
+            section = values
+            for name in parents:  # copy the path down, so the caller's mapping stays as it was
+                if not isinstance(section.get(name), dict):
+                    break
+                section[name] = section = {**section[name]}
+            else:
+                if section.get(last) == AUTO:
+                    section[last] = _AUTO_STAND_INS[size]
+        return values
