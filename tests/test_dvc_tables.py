@@ -17,10 +17,12 @@ from mlflow.tracking import MlflowClient
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
 from clrpipe.pipeline import cli
+from clrpipe.pipeline.data import sizing
 from tests.test_dvc_pipeline import BIN, Pipeline, all_runs, build_repo, find_exp, ran
 
-SMALL = ["train.clr.batch_size=32", "train.baseline.epochs=20", "train.clr.epochs=20",
-         "range_test.num_steps=100", "range_test.seeds=1", "range_test.validation_rows=60",
+# Only the data keys and shorter runs: batch sizes, the CLR half cycle and the range test's
+# sweep and slice are `auto` (data.sizing), sized from the training rows.
+SMALL = ["train.baseline.epochs=20", "train.clr.epochs=20", "range_test.seeds=1",
          "compare.seeds=2", "compare.epochs=20", "compare.select=[clr_triangular,hgb]",
          "compare.methods.clr_triangular.batch_size=32"]
 STAGES = {"fetch", "prepare", "split", "range_test", "train_baseline", "train_clr", "compare",
@@ -87,6 +89,18 @@ def check_run(repo: Pipeline, table: str, experiment: dict | None = None) -> dic
     logged = stage_runs["train_clr"].data.metrics[f"test_{score}"]
     assert logged == pytest.approx(clr[f"test_{score}"])
     assert stage_runs["train_clr"].data.params["data.target"] == target
+    rows = int(stage_runs["split"].data.metrics["train_rows"])
+    sizes = sizing.rule(rows, task, len(prepared["classes"] or ()))
+    assert clr["auto"] == {"train.clr.batch_size": sizes.batch_size,
+                           "schedule.step_size_epochs": 2.0}  # 20 epochs / 10
+    swept = metrics("range_test")
+    assert swept["auto"] == {"train.clr.batch_size": sizes.batch_size,
+                             "range_test.num_steps": sizes.num_steps,
+                             "range_test.validation_rows": sizes.validation_rows}
+    assert swept["batch_size"] == sizes.batch_size
+    params = stage_runs["train_clr"].data.params
+    assert params["train.clr.batch_size"] == str(sizes.batch_size)
+    assert float(params["schedule.step_size_epochs"]) == 2.0
     return prepared
 
 

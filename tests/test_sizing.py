@@ -90,3 +90,11 @@ def test_params_override_loads_the_table_sizes_too(tmp_path):
     cfg = config.load(TABLE, params_file=composed)
     assert cfg.train.clr.batch_size == "auto" and cfg.data.kind == "table"
     assert cfg.train.baseline.learning_rate == 0.01  # merged, not replaced
+
+
+def test_auto_report_keeps_the_stages_keys():
+    resolved = {"train.clr.batch_size": 16, "train.baseline.epochs": 50,
+                "range_test.num_steps": 100}
+    assert sizing.auto_report(resolved, "range_test.", "train.clr.batch_size") == {
+        "auto": {"train.clr.batch_size": 16, "range_test.num_steps": 100}}
+    assert sizing.auto_report(resolved, "schedule.") == {}

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from clrpipe.pipeline.params import AUTO, AUTO_KEYS, settle_auto_schedule
 
-__all__ = ["Sizing", "resolve", "rule"]
+__all__ = ["Sizing", "auto_report", "resolve", "rule"]
 
 STEPS_PER_EPOCH = 200
 BATCH_RANGE = (16, 8192)
@@ -89,3 +89,10 @@ def resolve(cfg: DictConfig, rows: int, task: str, classes: int = 0
             OmegaConf.update(out, key, sizes[size], merge=False)
             done[key] = sizes[size]
     return out, done
+
+
+def auto_report(resolved: dict[str, int | float], *keys: str) -> dict:
+    """`{"auto": {key: number}}` for the resolved keys starting with one of `keys` (the ones
+    a stage reads), or `{}` when none was `auto`: what the stage's metrics record."""
+    mine = {k: v for k, v in resolved.items() if k.startswith(keys)}
+    return {"auto": mine} if mine else {}

@@ -100,7 +100,7 @@ def run(cfg: DictConfig) -> dict:
         seconds = time.perf_counter() - started
         summary = {**result.to_dict(), "batch_size": batch_size, "sweep_rows": len(sweep_frame),
                    "validation_rows": rt.validation_rows, "seconds": seconds,
-                   **({"auto": sized} if sized else {})}
+                   **sizing.auto_report(sized, "range_test.", "train.clr.batch_size")}
         tracked.log_metrics(_metrics(result, seconds))
         for analysis in result.analyses:
             steps = [i for i, v in enumerate(analysis.smoothed) if math.isfinite(v)]
@@ -137,3 +137,4 @@ def _metrics(result: RangeTestResult, seconds: float) -> dict[str, float]:
         "confident": float(result.confident),
         "seconds": seconds,
     }
+

@@ -112,8 +112,9 @@ def run(cfg: DictConfig, variant: str) -> dict:
             "epoch_seconds_median": float(np.median(history.epoch_seconds)),
         }
         tracked.log_metrics(metrics)
-        if sized:  # what `auto` stood for (also in the run's params)
-            metrics["auto"] = sized
+        # what `auto` stood for among this stage's keys (the run's params hold them too)
+        metrics |= sizing.auto_report(sized, f"train.{variant}.",
+                                      *(["schedule."] if variant == "clr" else []))
         tracked.set_tag("clrpipe.backend", done.backend["backend"])
         metrics.update(done.backend)
         tracked.log_series("learning_rate", history.lr_steps, history.lr_values)
