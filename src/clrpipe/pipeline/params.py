@@ -173,10 +173,13 @@ class TableData(Section):
     `task` is inferred when null (text, boolean or at most `max_classes` integer levels mean
     classification, floats regression); `categorical` null means the text and boolean columns;
     `missing: impute` fills gaps on the training part (median / most frequent, with indicator
-    columns), `refuse` rejects a table with any."""
+    columns), `refuse` rejects a table with any. `source` (a path outside the project or an
+    http(s) URL) is what `fetch` imports to `raw`, checked against `sha256` when set."""
 
     kind: Literal["table"]
     raw: Path
+    source: str | None = None
+    sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
     target: str = Field(min_length=1)
     task: Literal["binary", "multiclass", "regression"] | None = None
     format: Literal["csv", "tsv", "parquet"] | None = None
@@ -193,6 +196,18 @@ class TableData(Section):
         if value is None:
             raise ValueError("required (data.raw=FILE data.target=COLUMN), got null")
         return value
+
+    @field_validator("raw")
+    @classmethod
+    def _inside(cls, raw: Path) -> Path:
+        text = str(raw)
+        if text.startswith("~") or raw.is_absolute() or re.match(r"https?:/", text):
+            raise ValueError(
+                f"expected a path inside the project (DVC tracks only those), got {text}; "
+                f"set data.source={text} and data.raw=data/raw/{raw.name} (`clrpipe params "
+                "data.raw=...` does this), and fetch imports it"
+            )
+        return raw
 
 
 def _kind(value: Any) -> str | None:
