@@ -5,6 +5,8 @@ preparing and encoding modules share. Pure.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,7 @@ __all__ = [
     "is_bool",
     "is_number",
     "is_text",
+    "mlflow_keys",
     "plain",
 ]
 
@@ -148,3 +151,39 @@ def plain(value: Any) -> str | int | bool:
     if isinstance(value, float | np.floating) and float(value).is_integer():
         return int(value)  # 1.0 read back from a float column is the class 1
     return str(value)
+
+
+# --- names in MLflow ---------------------------------------------------------------------------
+
+MLFLOW_UNSAFE = re.compile(r"[^\w.\- ]")
+"""What MLflow refuses in a metric or param name (its rule is `[/\\w.\\- :]`; `/` and `:` go
+too, since a path-like name must also normalize to itself and Windows refuses `:`)."""
+
+
+def mlflow_key(name: str) -> str:
+    """`name` as an MLflow metric/param name part: itself when MLflow takes it, else the unsafe
+    characters as `_` plus 6 hex digits of its sha1, so that two names never meet
+    (`blood pressure (mmHg)` -> `blood pressure _mmHg__5f1c2a`)."""
+    safe = MLFLOW_UNSAFE.sub("_", name)
+    if safe == name:
+        return name
+    return f"{safe[:200]}_{hashlib.sha1(name.encode()).hexdigest()[:6]}"
+
+
+def mlflow_keys(report: dict) -> tuple[dict, dict[str, str]]:
+    """`report` with every key made `mlflow_key`-safe (nested too), and the renamed keys
+    (original -> safe): what a stage logs to MLflow, and what it says it renamed."""
+    renamed: dict[str, str] = {}
+
+    def walk(value):
+        if not isinstance(value, dict):
+            return value
+        out = {}
+        for key, inner in value.items():
+            safe = mlflow_key(str(key))
+            if safe != str(key):
+                renamed[str(key)] = safe
+            out[safe] = walk(inner)
+        return out
+
+    return walk(report), renamed

@@ -45,6 +45,7 @@ from clrpipe.pipeline.data.table_schema import (
     is_bool,
     is_number,
     is_text,
+    mlflow_keys,
     plain,
 )
 from clrpipe.pipeline.params import TableData
@@ -57,6 +58,7 @@ __all__ = [
     "TableSchema",
     "check_splittable",
     "frame_schema",
+    "mlflow_keys",
     "prepare_table",
     "read_table",
     "regression_minimum",
