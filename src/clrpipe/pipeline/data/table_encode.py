@@ -2,8 +2,11 @@
 
 `Preprocessor`: fitted on the training part only; numbers -> median imputation (with a 0/1
 `missing:<column>` indicator for each column that had gaps in training, left unscaled) ->
-standardization; categories -> most frequent imputation -> one-hot (`<column>=<value>`, the
-training categories only; an unseen one is all zeros and counted).
+standardization; categories -> most frequent imputation -> one-hot (`<column>=<value>`) of at
+most `MAX_CATEGORIES` columns: a column with more training values keeps the most frequent ones
+and pools the rest in `<column>=<other>`, which an unseen value also gets (without pooled
+values an unseen one is all zeros); unseen values are counted. Never a dense one-hot with
+thousands of columns.
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from clrpipe.errors import ClrpipeError
 from clrpipe.pipeline.data.table_schema import TableSchema, as_text, plain
 
-__all__ = ["Preprocessor"]
+__all__ = ["MAX_CATEGORIES", "OTHER", "Preprocessor"]
+
+MAX_CATEGORIES = 32
+"""One-hot columns per categorical column at most: its 31 most frequent training values and
+one column pooling the rest (sklearn's infrequent category), which also takes unseen values."""
+OTHER = "<other>"
+"""The pooled column's value in feature names (`colour=<other>`)."""
 
 
 def _json(value: Any) -> Any:
@@ -50,16 +59,29 @@ class Preprocessor:
             self.indicators = [
                 schema.numeric[i] for i in self._imputer.indicator_.features_
             ]
-        categories = self._encoder.categories_ if self._encoder is not None else []
-        self.categories: dict[str, list[str]] = {
-            c: [str(v) for v in cats] for c, cats in zip(schema.categorical, categories,
-                                                          strict=True)
-        }
+        self._known: dict[str, set[str]] = {}
+        self.categories: dict[str, list[str]] = {}  # the values with a column of their own
+        self.encodings: dict[str, dict[str, int]] = {}
+        if self._encoder is not None:
+            infrequent = self._encoder.infrequent_categories_
+            for c, cats, rare in zip(schema.categorical, self._encoder.categories_, infrequent,
+                                     strict=True):
+                rare = set() if rare is None else {str(v) for v in rare}
+                self._known[c] = {str(v) for v in cats}
+                self.categories[c] = [str(v) for v in cats if str(v) not in rare]
+                self.encodings[c] = {"levels": len(cats), "columns": len(self.categories[c])
+                                     + bool(rare), "other": len(rare)}
         self.features: list[str] = [
             *schema.numeric,
             *(f"missing:{c}" for c in self.indicators),
-            *(f"{c}={v}" for c in schema.categorical for v in self.categories[c]),
+            *(name for c in schema.categorical for name in self._one_hot_names(c)),
         ]
+
+    def _one_hot_names(self, column: str) -> list[str]:
+        """`<column>=<value>` per kept value, then `<column>=<other>` when some were pooled
+        (sklearn's column order)."""
+        names = [f"{column}={v}" for v in self.categories[column]]
+        return names + ([f"{column}={OTHER}"] if self.encodings[column]["other"] else [])
 
     @classmethod
     def fit(cls, train: pd.DataFrame, schema: TableSchema, missing: str) -> Preprocessor:
@@ -78,7 +100,8 @@ class Preprocessor:
                 strategy="most_frequent", keep_empty_features=True
             ).fit(values)
             objects["encoder"] = OneHotEncoder(
-                handle_unknown="ignore", sparse_output=False, dtype=np.float32
+                handle_unknown="infrequent_if_exist", max_categories=MAX_CATEGORIES,
+                sparse_output=False, dtype=np.float32,
             ).fit(objects["cat_imputer"].transform(values))
         if not schema.is_classification:
             y = train[schema.target].to_numpy(dtype=float)
@@ -132,7 +155,7 @@ class Preprocessor:
                         zip(schema.categorical, gaps.sum(axis=0), strict=True)}
             filled = self._cat_imputer.transform(values)
             for i, c in enumerate(schema.categorical):
-                known = set(self.categories[c])
+                known = self._known[c]
                 unseen[c] = int(sum(v not in known for v in filled[:, i]))
             parts.append(self._encoder.transform(filled))
         x = np.hstack(parts).astype(np.float32) if parts else np.zeros((len(frame), 0), np.float32)
@@ -186,6 +209,7 @@ class Preprocessor:
             "categorical": self.schema.categorical,
             "indicators": self.indicators,
             "categories": self.categories,
+            "encodings": self.encodings,
             "medians": medians,
             "means": {} if scaler is None else dict(zip(self.schema.numeric, scaler.mean_,
                                                         strict=True)),

@@ -33,7 +33,7 @@ from pandera.errors import SchemaError, SchemaErrors
 
 from clrpipe.errors import ClrpipeError, first_line
 from clrpipe.pipeline.data.cardio import split_minimum
-from clrpipe.pipeline.data.table_encode import Preprocessor
+from clrpipe.pipeline.data.table_encode import MAX_CATEGORIES, OTHER, Preprocessor
 from clrpipe.pipeline.data.table_read import FORMATS, read_table
 from clrpipe.pipeline.data.table_schema import (
     CLASSIFICATION,
@@ -68,6 +68,8 @@ MIN_ROWS = 10
 """Rows a regression table needs at least (train, test and training's validation slice)."""
 MIN_SIDE = 2
 """Rows each side of a regression split needs at least."""
+ID_MIN_ROWS = 50
+"""Rows a text column needs before a distinct value in each marks it as an identifier."""
 
 
 def _row(index: Any) -> int:
@@ -207,6 +209,13 @@ def _numbers(s: pd.Series, column: str, source: str, why: str) -> pd.Series:
     )
 
 
+def _id_like(s: pd.Series) -> bool:
+    """A text column holding a different value in every row (ID_MIN_ROWS rows or more, gaps
+    aside): an identifier, not a feature."""
+    values = s.dropna()
+    return len(values) >= ID_MIN_ROWS and values.nunique() == len(values)
+
+
 def _mostly_numbers(s: pd.Series) -> bool:
     values = s.dropna()
     parsed = pd.to_numeric(values.astype("str").str.strip(), errors="coerce")
@@ -258,6 +267,7 @@ def prepare_table(
             f"{source}: no feature columns left (every column is data.target, in "
             "data.id_columns or in data.ignore_columns)"
         )
+    id_like: dict[str, str] = {}
     if cfg.categorical is not None:
         declared = set(cfg.categorical)
         categorical = [c for c in features if c in declared]
@@ -267,9 +277,19 @@ def prepare_table(
             if is_bool(frame[c]):
                 categorical.append(c)
             elif is_text(frame[c]):
+                if _id_like(frame[c]):
+                    id_like[c] = f"id-like: {frame[c].nunique()} distinct values in as many rows"
+                    notes.append(f"column '{c}' looks like an identifier (a distinct value in "
+                                 "every row): left out; list it in data.categorical to use it")
+                    continue
                 if _mostly_numbers(frame[c]):
                     _numbers(frame[c], c, source, "is mostly numbers but not all")
                 categorical.append(c)
+        features = [c for c in features if c not in id_like]
+        if not features:
+            raise ClrpipeError(f"{source}: no feature columns left (the only ones look like "
+                               f"identifiers: {', '.join(id_like)}); list them in "
+                               "data.categorical to use them")
     numeric = [c for c in features if c not in categorical]
     why = "is not numeric" + (" and not in data.categorical" if cfg.categorical is not None else "")
     typed = {c: _numbers(frame[c], c, source, why) for c in numeric}
@@ -297,14 +317,16 @@ def prepare_table(
                 f"{source}: column '{c}' has {int(infinite.sum())} infinite value(s) (first in "
                 f"data row {_row(values.index[infinite.argmax()])}); expected finite numbers"
             )
+    encoding = {c: "number" for c in numeric}
     for c in categorical:
-        levels, present = int(typed[c].nunique()), int(typed[c].notna().sum())
-        if levels > 20 and levels > 0.5 * present:
-            notes.append(
-                f"column '{c}' has {levels} distinct values in {present} rows, one-hot encoded "
-                "as that many features; if it is an identifier or free text, list it in "
-                "data.id_columns or data.ignore_columns"
-            )
+        levels = int(typed[c].nunique())
+        encoding[c] = (f"one-hot, {levels} values" if levels <= MAX_CATEGORIES else
+                       f"one-hot, the {MAX_CATEGORIES - 1} most frequent of {levels} values in "
+                       f"training + {OTHER} (the rest and unseen values)")
+        if levels > MAX_CATEGORIES:
+            notes.append(f"column '{c}' has {levels} distinct values: one-hot encoded as its "
+                         f"{MAX_CATEGORIES - 1} most frequent and {OTHER}")
+    encoding |= {c: f"left out ({why})" for c, why in id_like.items()}
     gaps = {c: n for c, n in missing.items() if n}
     if gaps:
         shown = ", ".join(f"{c} {n}" for c, n in gaps.items())
@@ -336,6 +358,7 @@ def prepare_table(
         "target": target,
         "numeric": list(numeric),
         "categorical": list(categorical),
+        "encoding": encoding,
         "classes": None if classes is None else list(classes),
         "class_counts": None if classes is None else {
             str(c): int((out[target] == c).sum()) for c in classes
