@@ -45,6 +45,8 @@ def test_outside_raw_moves_to_source():
     assert data["raw"] == "data/raw/a b.tsv"
     assert sources.split_outside({"kind": "table", "raw": "data/raw/t.csv"})[1] is None
     assert sources.split_outside({"kind": "table", "raw": "~/t.csv"})[0]["source"] == "~/t.csv"
+    assert sources.split_outside({"kind": "table", "raw": "../t.csv"})[0]["raw"] == \
+        "data/raw/t.csv"
 
 
 def test_outside_raw_in_params_is_one_line_naming_the_key():

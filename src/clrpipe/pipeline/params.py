@@ -201,7 +201,7 @@ class TableData(Section):
     @classmethod
     def _inside(cls, raw: Path) -> Path:
         text = str(raw)
-        if text.startswith("~") or raw.is_absolute() or re.match(r"https?:/", text):
+        if text.startswith(("~", "..")) or raw.is_absolute() or re.match(r"https?:/", text):
             raise ValueError(
                 f"expected a path inside the project (DVC tracks only those), got {text}; "
                 f"set data.source={text} and data.raw=data/raw/{raw.name} (`clrpipe params "

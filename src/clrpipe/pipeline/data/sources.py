@@ -34,10 +34,10 @@ def is_url(value: str) -> bool:
 
 
 def is_outside(value: str | Path) -> bool:
-    """Whether `value` names a table outside the project: a URL, a `~` path, or an absolute
-    path (which `fetch`'s DVC output cannot be)."""
+    """Whether `value` names a table outside the project: a URL, a `~` path, an absolute path
+    or one starting `..` (which `fetch`'s DVC output cannot be)."""
     text = str(value)
-    return is_url(text) or text.startswith("~") or Path(text).is_absolute()
+    return is_url(text) or text.startswith(("~", "..")) or Path(text).is_absolute()
 
 
 def import_name(source: str) -> str:
