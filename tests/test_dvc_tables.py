@@ -11,10 +11,12 @@ import shutil
 from importlib.resources import files
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
-from sklearn.datasets import load_breast_cancer, load_diabetes
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 
 from clrpipe.pipeline import cli
 from clrpipe.pipeline.data import sizing
@@ -35,7 +37,27 @@ TABLES = {
     "breast_cancer.csv": ("target", "binary", "accuracy", 0.05),
     "diabetes.parquet": ("target", "regression", "r2", 0.15),
     "penguins.csv": ("species", "multiclass", "accuracy", 0.05),
+    "iris.csv": ("species", "multiclass", "accuracy", 0.1),
+    "loans.csv": ("repaid", "binary", "accuracy", 0.05),
 }
+
+
+def loans(rows: int = 5000, seed: int = 0) -> pd.DataFrame:
+    """A generated ~5k-row table with gaps, two text columns (one of 300 levels) and a ticket
+    id: the shape of a table a user has, with a learnable binary target."""
+    rng = np.random.default_rng(seed)
+    income, debt = rng.lognormal(10, 0.5, rows), rng.uniform(0, 1, rows)
+    grade = rng.choice(["A", "B", "C", "D"], rows, p=[0.3, 0.3, 0.25, 0.15])
+    branch = [f"branch {b}" for b in rng.integers(0, 300, rows)]
+    score = (np.log(income) - 10) * 2 - 3 * debt + (grade == "A") - (grade == "D")
+    frame = pd.DataFrame({"income": income.round(0), "debt ratio": debt.round(3),
+                          "grade": grade, "branch": branch,
+                          "ticket": [f"T{i:06d}" for i in range(rows)],
+                          "repaid": np.where(score + rng.normal(0, 0.7, rows) > -1.5, "yes",
+                                             "no")})
+    frame.loc[rng.choice(rows, 250, replace=False), "income"] = np.nan
+    frame.loc[rng.choice(rows, 150, replace=False), "grade"] = None
+    return frame
 
 
 def write_tables(folder) -> None:
@@ -43,6 +65,10 @@ def write_tables(folder) -> None:
     load_breast_cancer(as_frame=True).frame.to_csv(folder / "breast_cancer.csv", index=False)
     load_diabetes(as_frame=True, scaled=False).frame.to_parquet(folder / "diabetes.parquet")
     shutil.copy(files("palmerpenguins") / "data" / "penguins.csv", folder / "penguins.csv")
+    iris = load_iris(as_frame=True)
+    iris.frame.assign(species=iris.target_names[iris.target]).drop(columns="target").to_csv(
+        folder / "iris.csv", index=False)
+    loans().to_csv(folder / "loans.csv", index=False)
 
 
 @pytest.fixture(scope="module")
@@ -105,14 +131,22 @@ def check_run(repo: Pipeline, table: str, experiment: dict | None = None) -> dic
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("table", ["breast_cancer.csv", "diabetes.parquet"])
+@pytest.mark.parametrize("table", ["breast_cancer.csv", "diabetes.parquet", "iris.csv",
+                                   "loans.csv"])
 def test_params_then_repro_runs_a_user_table(repo, table):
     target = TABLES[table][0]
     repo.run(BIN / "clrpipe", "params", "data=table", f"data.raw=data/raw/{table}",
              f"data.target={target}", *SMALL)
     done = repo.dvc("repro")
     assert ran(done.stdout + done.stderr) == STAGES
-    check_run(repo, table)
+    prepared = check_run(repo, table)
+    if table == "loans.csv":  # gaps imputed, the id left out, 300 branches capped at 32
+        assert prepared["missing"] == {"income": 250, "debt ratio": 0, "grade": 150,
+                                       "branch": 0}
+        assert prepared["encoding"]["ticket"] == (
+            "left out (id-like: 5000 distinct values in as many rows)")
+        assert prepared["encoding"]["branch"].startswith("one-hot, the 31 most frequent of 300")
+        assert len(repo.read_json("data/split/dataset.json")["features"]) == 2 + 1 + 4 + 32
     split = repo.read_json("data/split/dataset.json")
     assert split["output"]["task"] == TABLES[table][1]
 
