@@ -9,6 +9,7 @@ import hashlib
 import http.server
 import json
 import threading
+from pathlib import Path
 
 import pytest
 import yaml
@@ -44,6 +45,8 @@ def test_outside_raw_moves_to_source():
     data, _ = sources.split_outside({"kind": "table", "raw": "https://x.org/d/a%20b.tsv?x=1"})
     assert data["raw"] == "data/raw/a b.tsv"
     assert sources.split_outside({"kind": "table", "raw": "data/raw/t.csv"})[1] is None
+    inside = str(Path.cwd() / "data" / "raw" / "t.csv")  # absolute, but in the project
+    assert sources.split_outside({"kind": "table", "raw": inside})[1] is None
     assert sources.split_outside({"kind": "table", "raw": "~/t.csv"})[0]["source"] == "~/t.csv"
     assert sources.split_outside({"kind": "table", "raw": "../t.csv"})[0]["raw"] == \
         "data/raw/t.csv"

@@ -14,6 +14,7 @@ second, before anything heavy is imported. Stage entry points declare the part t
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -201,13 +202,19 @@ class TableData(Section):
     @classmethod
     def _inside(cls, raw: Path) -> Path:
         text = str(raw)
-        if text.startswith(("~", "..")) or raw.is_absolute() or re.match(r"https?:/", text):
+        if re.match(r"https?:/", text) or text.startswith("~") or not _in_project(raw):
             raise ValueError(
                 f"expected a path inside the project (DVC tracks only those), got {text}; "
                 f"set data.source={text} and data.raw=data/raw/{raw.name} (`clrpipe params "
                 "data.raw=...` does this), and fetch imports it"
             )
         return raw
+
+
+def _in_project(path: Path) -> bool:
+    """Whether `path` is inside the project (the working folder: stages run from its root)."""
+    full = Path(os.path.abspath(path))
+    return full.is_relative_to(Path.cwd())
 
 
 def _kind(value: Any) -> str | None:

@@ -34,10 +34,12 @@ def is_url(value: str) -> bool:
 
 
 def is_outside(value: str | Path) -> bool:
-    """Whether `value` names a table outside the project: a URL, a `~` path, an absolute path
-    or one starting `..` (which `fetch`'s DVC output cannot be)."""
+    """Whether `value` names a table outside the project (the working folder), which
+    `fetch`'s DVC output cannot be: a URL, a `~` path (DVC does not expand it), or an
+    absolute or `..` path leading out."""
     text = str(value)
-    return is_url(text) or text.startswith(("~", "..")) or Path(text).is_absolute()
+    full = Path(os.path.abspath(os.path.expanduser(text)))
+    return is_url(text) or text.startswith("~") or not full.is_relative_to(Path.cwd())
 
 
 def import_name(source: str) -> str:
