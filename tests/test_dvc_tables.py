@@ -11,16 +11,20 @@ import shutil
 from importlib.resources import files
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
-from sklearn.datasets import load_breast_cancer, load_diabetes
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 
 from clrpipe.pipeline import cli
+from clrpipe.pipeline.data import sizing
 from tests.test_dvc_pipeline import BIN, Pipeline, all_runs, build_repo, find_exp, ran
 
-SMALL = ["train.clr.batch_size=32", "train.baseline.epochs=20", "train.clr.epochs=20",
-         "range_test.num_steps=100", "range_test.seeds=1", "range_test.validation_rows=60",
+# Only the data keys and shorter runs: batch sizes, the CLR half cycle and the range test's
+# sweep and slice are `auto` (data.sizing), sized from the training rows.
+SMALL = ["train.baseline.epochs=20", "train.clr.epochs=20", "range_test.seeds=1",
          "compare.seeds=2", "compare.epochs=20", "compare.select=[clr_triangular,hgb]",
          "compare.methods.clr_triangular.batch_size=32"]
 STAGES = {"fetch", "prepare", "split", "range_test", "train_baseline", "train_clr", "compare",
@@ -33,7 +37,27 @@ TABLES = {
     "breast_cancer.csv": ("target", "binary", "accuracy", 0.05),
     "diabetes.parquet": ("target", "regression", "r2", 0.15),
     "penguins.csv": ("species", "multiclass", "accuracy", 0.05),
+    "iris.csv": ("species", "multiclass", "accuracy", 0.1),
+    "loans.csv": ("repaid", "binary", "accuracy", 0.05),
 }
+
+
+def loans(rows: int = 5000, seed: int = 0) -> pd.DataFrame:
+    """A generated ~5k-row table with gaps, two text columns (one of 300 levels) and a ticket
+    id: the shape of a table a user has, with a learnable binary target."""
+    rng = np.random.default_rng(seed)
+    income, debt = rng.lognormal(10, 0.5, rows), rng.uniform(0, 1, rows)
+    grade = rng.choice(["A", "B", "C", "D"], rows, p=[0.3, 0.3, 0.25, 0.15])
+    branch = [f"branch {b}" for b in rng.integers(0, 300, rows)]
+    score = (np.log(income) - 10) * 2 - 3 * debt + (grade == "A") - (grade == "D")
+    frame = pd.DataFrame({"income": income.round(0), "debt ratio": debt.round(3),
+                          "grade": grade, "branch": branch,
+                          "ticket": [f"T{i:06d}" for i in range(rows)],
+                          "repaid": np.where(score + rng.normal(0, 0.7, rows) > -1.5, "yes",
+                                             "no")})
+    frame.loc[rng.choice(rows, 250, replace=False), "income"] = np.nan
+    frame.loc[rng.choice(rows, 150, replace=False), "grade"] = None
+    return frame
 
 
 def write_tables(folder) -> None:
@@ -41,6 +65,10 @@ def write_tables(folder) -> None:
     load_breast_cancer(as_frame=True).frame.to_csv(folder / "breast_cancer.csv", index=False)
     load_diabetes(as_frame=True, scaled=False).frame.to_parquet(folder / "diabetes.parquet")
     shutil.copy(files("palmerpenguins") / "data" / "penguins.csv", folder / "penguins.csv")
+    iris = load_iris(as_frame=True)
+    iris.frame.assign(species=iris.target_names[iris.target]).drop(columns="target").to_csv(
+        folder / "iris.csv", index=False)
+    loans().to_csv(folder / "loans.csv", index=False)
 
 
 @pytest.fixture(scope="module")
@@ -87,18 +115,38 @@ def check_run(repo: Pipeline, table: str, experiment: dict | None = None) -> dic
     logged = stage_runs["train_clr"].data.metrics[f"test_{score}"]
     assert logged == pytest.approx(clr[f"test_{score}"])
     assert stage_runs["train_clr"].data.params["data.target"] == target
+    rows = int(stage_runs["split"].data.metrics["train_rows"])
+    sizes = sizing.rule(rows, task, len(prepared["classes"] or ()))
+    assert clr["auto"] == {"train.clr.batch_size": sizes.batch_size,
+                           "schedule.step_size_epochs": 2.0}  # 20 epochs / 10
+    swept = metrics("range_test")
+    assert swept["auto"] == {"train.clr.batch_size": sizes.batch_size,
+                             "range_test.num_steps": sizes.num_steps,
+                             "range_test.validation_rows": sizes.validation_rows}
+    assert swept["batch_size"] == sizes.batch_size
+    params = stage_runs["train_clr"].data.params
+    assert params["train.clr.batch_size"] == str(sizes.batch_size)
+    assert float(params["schedule.step_size_epochs"]) == 2.0
     return prepared
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("table", ["breast_cancer.csv", "diabetes.parquet"])
+@pytest.mark.parametrize("table", ["breast_cancer.csv", "diabetes.parquet", "iris.csv",
+                                   "loans.csv"])
 def test_params_then_repro_runs_a_user_table(repo, table):
     target = TABLES[table][0]
     repo.run(BIN / "clrpipe", "params", "data=table", f"data.raw=data/raw/{table}",
              f"data.target={target}", *SMALL)
     done = repo.dvc("repro")
     assert ran(done.stdout + done.stderr) == STAGES
-    check_run(repo, table)
+    prepared = check_run(repo, table)
+    if table == "loans.csv":  # gaps imputed, the id left out, 300 branches capped at 32
+        assert prepared["missing"] == {"income": 250, "debt ratio": 0, "grade": 150,
+                                       "branch": 0}
+        assert prepared["encoding"]["ticket"] == (
+            "left out (id-like: 5000 distinct values in as many rows)")
+        assert prepared["encoding"]["branch"].startswith("one-hot, the 31 most frequent of 300")
+        assert len(repo.read_json("data/split/dataset.json")["features"]) == 2 + 1 + 4 + 32
     split = repo.read_json("data/split/dataset.json")
     assert split["output"]["task"] == TABLES[table][1]
 

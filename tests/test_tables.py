@@ -380,14 +380,34 @@ def test_categorical_can_be_declared_and_numbers_become_text():
     assert schema.categorical == ("flag", "x") and schema.numeric == ("code",)
 
 
-def test_many_levels_get_a_note():
-    frame = pd.DataFrame({"name": [f"n{i}" for i in range(30)], "y": [0, 1] * 15})
-    _, _, _, notes = prepared(frame)
-    assert notes[-1] == (
-        "column 'name' has 30 distinct values in 30 rows, one-hot encoded as that many "
-        "features; if it is an identifier or free text, list it in data.id_columns or "
-        "data.ignore_columns"
-    )
+def test_many_levels_are_capped_and_an_identifier_left_out():
+    rows = 200
+    frame = pd.DataFrame({"city": [f"c{i % 40}" if i % 3 else "c0" for i in range(rows)],
+                          "x": range(rows),
+                          "ticket": [f"t{i}" for i in range(rows)], "y": [0, 1] * (rows // 2)})
+    out, schema, report, notes = prepared(frame)
+    assert schema.categorical == ("city",) and "ticket" not in out.columns
+    assert notes[-2:] == [
+        "column 'ticket' looks like an identifier (a distinct value in every row): left out; "
+        "list it in data.categorical to use it",
+        "column 'city' has 40 distinct values: one-hot encoded as its 31 most frequent and "
+        "<other>",
+    ]
+    assert report["encoding"] == {
+        "x": "number",
+        "city": "one-hot, the 31 most frequent of 40 values in training + <other> (the rest "
+                "and unseen values)",
+        "ticket": "left out (id-like: 200 distinct values in as many rows)",
+    }
+    fitted = Preprocessor.fit(out, schema, "impute")
+    assert fitted.encodings == {"city": {"levels": 40, "columns": 32, "other": 9}}
+    assert len(fitted.features) == 1 + 32 and fitted.features[-1] == "city=<other>"
+    x, done = fitted.transform(pd.DataFrame({"x": [1.0, 2.0], "city": ["never seen", "c0"]}))
+    assert x[0, -1] == 1 and x[0, 1:-1].sum() == 0  # an unseen value is pooled, not dropped
+    assert x[1, fitted.features.index("city=c0")] == 1 and done["unseen_categories"] == {
+        "city": 1}
+    kept, _, _, _ = prepared(frame, categorical=["city", "ticket"])
+    assert "ticket" in kept.columns  # declared categorical: the user's choice stands
 
 
 # --- bad configuration and bad tables: one line each ----------------------------------------------

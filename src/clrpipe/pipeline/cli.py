@@ -204,13 +204,18 @@ def params(overrides: tuple[str, ...]) -> None:
     """Write params.yaml composed from conf/ (what `dvc exp run` does; `dvc repro` does not)."""
     from omegaconf import OmegaConf
 
+    from clrpipe.pipeline.data import sources
     from clrpipe.pipeline.outputs import atomic_outputs
 
     try:
         composed = config.compose(overrides)
+        data, note = sources.split_outside(OmegaConf.to_container(composed.data))
     except ClrpipeError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
+    if note:
+        composed.data = data
+        click.echo(f"params: {note}")
     with atomic_outputs(config.PARAMS_FILE) as (tmp,):
         OmegaConf.save(composed, tmp)
     click.echo(f"params: wrote {config.PARAMS_FILE} from {config.CONF_DIR}/config.yaml")

@@ -142,7 +142,15 @@ def _apply(cfg: DictConfig, override, params_file: Path, conf_dir: Path) -> None
         if not option.is_file():
             choices = ", ".join(sorted(p.stem for p in group_dir.glob("*.yaml")))
             raise ClrpipeError(f"override '{key}={value}': no {option}; choose one of: {choices}")
-        cfg[key] = OmegaConf.load(option)
+        loaded = OmegaConf.load(option)
+        if option.read_text().startswith("# @package _global_"):  # as Hydra: at the top level
+            for name, value in loaded.items():
+                if name == key:
+                    cfg[name] = value
+                else:
+                    cfg[name] = OmegaConf.merge(cfg.get(name, {}), value)
+        else:
+            cfg[key] = loaded
         return
     if not override.is_add() and OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
         raise ClrpipeError(

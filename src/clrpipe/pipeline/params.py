@@ -14,9 +14,10 @@ second, before anything heavy is imported. Stage entry points declare the part t
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -49,8 +50,25 @@ from clrpipe.settings import (  # the library's config types, re-exported
 
 PARAMS_FILE = Path("params.yaml")
 
+AUTO = "auto"
+AUTO_KEYS = {
+    "train.baseline.batch_size": "batch_size",
+    "train.baseline.epochs": "epochs",
+    "train.clr.batch_size": "batch_size",
+    "train.clr.epochs": "epochs",
+    "schedule.step_size_epochs": "step_size_epochs",
+    "range_test.num_steps": "num_steps",
+    "range_test.validation_rows": "validation_rows",
+}
+"""The keys that may say `auto`: sized from the table's training rows by `data.sizing.rule`
+(the name is the rule's field) in the stages that know the rows, before they read the key."""
+_AUTO_STAND_INS = {"batch_size": 1, "epochs": 1, "step_size_epochs": 1.0, "num_steps": 400,
+                   "validation_rows": 0}
+
 __all__ = [
     "ACTIVATIONS",
+    "AUTO",
+    "AUTO_KEYS",
     "INITIALIZERS",
     "PARAMS_FILE",
     "POLICIES",
@@ -92,6 +110,7 @@ __all__ = [
     "fill_bounds",
     "parse",
     "schedule_spec",
+    "settle_auto_schedule",
 ]
 
 
@@ -155,10 +174,13 @@ class TableData(Section):
     `task` is inferred when null (text, boolean or at most `max_classes` integer levels mean
     classification, floats regression); `categorical` null means the text and boolean columns;
     `missing: impute` fills gaps on the training part (median / most frequent, with indicator
-    columns), `refuse` rejects a table with any."""
+    columns), `refuse` rejects a table with any. `source` (a path outside the project or an
+    http(s) URL) is what `fetch` imports to `raw`, checked against `sha256` when set."""
 
     kind: Literal["table"]
     raw: Path
+    source: str | None = None
+    sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
     target: str = Field(min_length=1)
     task: Literal["binary", "multiclass", "regression"] | None = None
     format: Literal["csv", "tsv", "parquet"] | None = None
@@ -175,6 +197,24 @@ class TableData(Section):
         if value is None:
             raise ValueError("required (data.raw=FILE data.target=COLUMN), got null")
         return value
+
+    @field_validator("raw")
+    @classmethod
+    def _inside(cls, raw: Path) -> Path:
+        text = str(raw)
+        if re.match(r"https?:/", text) or text.startswith("~") or not _in_project(raw):
+            raise ValueError(
+                f"expected a path inside the project (DVC tracks only those), got {text}; "
+                f"set data.source={text} and data.raw=data/raw/{raw.name} (`clrpipe params "
+                "data.raw=...` does this), and fetch imports it"
+            )
+        return raw
+
+
+def _in_project(path: Path) -> bool:
+    """Whether `path` is inside the project (the working folder: stages run from its root)."""
+    full = Path(os.path.abspath(path))
+    return full.is_relative_to(Path.cwd())
 
 
 def _kind(value: Any) -> str | None:
@@ -522,11 +562,28 @@ class StudyParams(Section):
         return self
 
 
+def settle_auto_schedule(schedule: dict) -> dict:
+    """`schedule:` without an `auto` half cycle where there is nothing to size: a policy
+    without one (constant, one_cycle: the key goes) or a half cycle set in steps (`step_size`:
+    the key becomes null). `data: table` sets `auto` whichever schedule is chosen."""
+    if schedule.get("step_size_epochs") != AUTO:
+        return schedule
+    schedule = {**schedule}
+    if schedule.get("policy", "triangular") not in get_args(
+            CyclicalSchedule.model_fields["policy"].annotation):
+        del schedule["step_size_epochs"]
+    elif schedule.get("step_size") is not None:
+        schedule["step_size_epochs"] = None
+    return schedule
+
+
 # --- the whole file -----------------------------------------------------------------------------
 
 
 class Params(Section):
-    """All of `params.yaml`: validated at once, before any stage starts its work."""
+    """All of `params.yaml`: validated at once, before any stage starts its work. An `auto`
+    at one of `AUTO_KEYS` is checked with a valid stand-in number (the stages that read those
+    keys resolve `auto` first, with `data.sizing.resolve`); `auto` elsewhere is an error."""
 
     data: DataParams
     model: ModelParams
@@ -539,3 +596,23 @@ class Params(Section):
     split: SplitParams
     registry: RegistryParams = RegistryParams()
     study: StudyParams | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        values = {**values}
+        if isinstance(values.get("schedule"), dict):
+            values["schedule"] = settle_auto_schedule(values["schedule"])
+        for key, size in AUTO_KEYS.items():
+            *parents, last = key.split(".")
+            section = values
+            for name in parents:  # copy the path down, so the caller's mapping stays as it was
+                if not isinstance(section.get(name), dict):
+                    break
+                section[name] = section = {**section[name]}
+            else:
+                if section.get(last) == AUTO:
+                    section[last] = _AUTO_STAND_INS[size]
+        return values

@@ -1,15 +1,10 @@
-"""A user's table (`data: table`): read, check, clean, infer the task, preprocess. Pure.
+"""A user's table (`data: table`): check, clean and infer the task (`prepare_table`), and
+check a cleaned table can be split (`check_splittable`). Pure; every failure is one
+`ClrpipeError` line naming the file, the column or the `data.*` key to change.
 
-No file or network I/O happens here (`Preprocessor.save`/`load` aside); the stages read the
-bytes and write the results. Every failure is one `ClrpipeError` line naming the file, the
-column or the `data.*` key to change.
-
-`read_table`: CSV (`,`), TSV (tab) or Parquet, from `data.format` or the file's suffix
-(`.csv`, `.tsv`/`.tab`, `.parquet`/`.pq`, each optionally `.gz`/`.bz2`/`.xz`; gzip, bzip2 and xz
-content is decompressed whatever the suffix). Text tables are UTF-8 with a header line; UTF-16,
-zip archives, Excel workbooks and binary files are refused with what to do (`data.cardio`'s
-detection). Cells pandas reads as missing (blank, `NA`, `NaN`, `null`, `None`, `#N/A`, ...) are
-missing values; text cells are trimmed.
+Reading is `data.table_read`, the schema and value kinds `data.table_schema`, the encoding
+fitted on the training part `data.table_encode` (re-exported here: `tables.read_table`,
+`tables.TableSchema`, `tables.Preprocessor`, ...).
 
 `prepare_table`, in this order: the configured columns are checked; rows with a missing target
 are dropped (``dropped_missing_target``); duplicates are dropped keeping the first row, as for
@@ -25,37 +20,35 @@ that is mostly numbers is an error instead: a stray `?` should not turn a measur
 categories); every other feature must be numbers (booleans count as 0/1). Infinite numbers
 are refused; missing ones too with `data.missing: refuse`. The cleaned frame has the numeric
 columns, the categorical ones (text, 1 not 1.0) and the target last, in the file's order.
-
-`Preprocessor`: fitted on the training part only; numbers -> median imputation (with a 0/1
-`missing:<column>` indicator for each column that had gaps in training, left unscaled) ->
-standardization; categories -> most frequent imputation -> one-hot (`<column>=<value>`, the
-training categories only; an unseen one is all zeros and counted).
 """
 
 from __future__ import annotations
 
-import bz2
-import csv
-import gzip
-import io
-import lzma
 import math
-import zlib
-from dataclasses import dataclass
-from pathlib import PurePath
 from typing import Any
 
-import joblib
 import numpy as np
 import pandas as pd
-import pandera.pandas as pa
 from pandera.errors import SchemaError, SchemaErrors
-from sklearn.impute import SimpleImputer
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from clrpipe.errors import ClrpipeError, first_line
-from clrpipe.pipeline.data.cardio import decode_text, not_utf8_text, split_minimum
-from clrpipe.pipeline.params import TASKS, TableData
+from clrpipe.pipeline.data.cardio import split_minimum
+from clrpipe.pipeline.data.table_encode import MAX_CATEGORIES, OTHER, Preprocessor
+from clrpipe.pipeline.data.table_read import FORMATS, read_table
+from clrpipe.pipeline.data.table_schema import (
+    CLASSIFICATION,
+    SCHEMA_KEY,
+    TableSchema,
+    as_text,
+    frame_schema,
+    integer_valued,
+    is_bool,
+    is_number,
+    is_text,
+    mlflow_keys,
+    plain,
+)
+from clrpipe.pipeline.params import TableData
 
 __all__ = [
     "FORMATS",
@@ -65,306 +58,18 @@ __all__ = [
     "TableSchema",
     "check_splittable",
     "frame_schema",
+    "mlflow_keys",
     "prepare_table",
     "read_table",
+    "regression_minimum",
 ]
 
-SCHEMA_KEY = "clrpipe_table_schema"
-"""Where `prepare` puts the table's schema for `split`: the prepared parquet's `attrs`."""
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet"}
-COMPRESSED_SUFFIXES = (".gz", ".gzip", ".bz2", ".xz", ".zst")
-SEPARATORS = {"csv": ",", "tsv": "\t"}
 MIN_ROWS = 10
 """Rows a regression table needs at least (train, test and training's validation slice)."""
 MIN_SIDE = 2
 """Rows each side of a regression split needs at least."""
-CLASSIFICATION = ("binary", "multiclass")
-_DECOMPRESS = (  # magic bytes, name, decompressor
-    (b"\x1f\x8b", "gzip", gzip.decompress),
-    (b"BZh", "bzip2", bz2.decompress),
-    (b"\xfd7zXZ\x00", "xz", lzma.decompress),
-)
-
-
-# --- the schema ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TableSchema:
-    """What `prepare_table` found: the target, the task and the feature columns by kind."""
-
-    target: str
-    task: str  # "binary" | "multiclass" | "regression"
-    task_inferred: bool
-    numeric: tuple[str, ...]
-    categorical: tuple[str, ...]
-    classes: tuple | None  # sorted labels (str, int or bool) for classification, else None
-
-    @property
-    def is_classification(self) -> bool:
-        return self.task in CLASSIFICATION
-
-    @property
-    def features(self) -> tuple[str, ...]:
-        """The feature columns of the cleaned frame, in its order (numeric, then categorical)."""
-        return (*self.numeric, *self.categorical)
-
-    def to_dict(self) -> dict:
-        return {
-            "target": self.target,
-            "task": self.task,
-            "task_inferred": self.task_inferred,
-            "numeric": list(self.numeric),
-            "categorical": list(self.categorical),
-            "classes": None if self.classes is None else list(self.classes),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TableSchema:
-        if d.get("task") not in TASKS:
-            raise ClrpipeError(f"table schema: task expected one of {', '.join(TASKS)}, "
-                               f"got {d.get('task')!r}")
-        classes = d.get("classes")
-        return cls(
-            target=str(d["target"]),
-            task=d["task"],
-            task_inferred=bool(d["task_inferred"]),
-            numeric=tuple(d["numeric"]),
-            categorical=tuple(d["categorical"]),
-            classes=None if classes is None else tuple(classes),
-        )
-
-
-def frame_schema(schema: TableSchema, missing: str = "impute") -> pa.DataFrameSchema:
-    """The pandera schema of a cleaned frame: numeric columns as finite floats, categorical
-    ones as text (nullable only with `missing: impute`), the target never null (one of the
-    classes for classification, a finite float for regression); no other column."""
-    nullable = missing == "impute"
-    finite = pa.Check(lambda s: s.isna() | np.isfinite(s), error="finite numbers")
-    columns = {c: pa.Column(float, finite, coerce=True, nullable=nullable) for c in schema.numeric}
-    columns |= {c: pa.Column(str, coerce=True, nullable=nullable) for c in schema.categorical}
-    if schema.is_classification:
-        kind = type(schema.classes[0])
-        dtype = {bool: bool, int: "int64"}.get(kind, str)
-        columns[schema.target] = pa.Column(
-            dtype, pa.Check.isin(list(schema.classes)), coerce=True, nullable=False
-        )
-    else:
-        columns[schema.target] = pa.Column(float, finite, coerce=True, nullable=False)
-    return pa.DataFrameSchema(columns, strict=True, ordered=True, name="table")
-
-
-# --- reading --------------------------------------------------------------------------------------
-
-
-def read_table(raw: bytes, source: str, format: str | None) -> pd.DataFrame:
-    """The table in `raw` (the bytes of the file `source`) as a frame, columns as in its header.
-
-    `format` (`data.format`: csv, tsv or parquet) or, when None, the suffix of `source` says how
-    to read it. Anything that is not such a table is a one-line error saying what was expected."""
-    kind = format if format is not None else _format_of(raw, source)
-    if kind not in (*SEPARATORS, "parquet"):
-        raise ClrpipeError(f"data.format: expected one of csv, tsv, parquet, got {kind!r}")
-    if not raw.strip():
-        raise ClrpipeError(f"{source}: empty file; expected a header line and data rows")
-    raw = _decompressed(raw, source, kind)
-    frame = _read_parquet(raw, source) if kind == "parquet" else _read_text(raw, source, kind)
-    names = [str(c).strip() for c in frame.columns]
-    repeated = [c for i, c in enumerate(names) if c in names[:i]]
-    if repeated:
-        raise ClrpipeError(f"{source}: column '{repeated[0]}' appears more than once")
-    frame.columns = names
-    if frame.shape[1] == 0:
-        raise ClrpipeError(f"{source}: no columns; expected a table with a header")
-    if frame.empty:
-        raise ClrpipeError(f"{source}: no data rows after the header")
-    return frame
-
-
-def _format_of(raw: bytes, source: str) -> str:
-    path = PurePath(source)
-    suffixes = [s.lower() for s in path.suffixes]
-    while suffixes and suffixes[-1] in COMPRESSED_SUFFIXES:
-        suffixes.pop()
-    if suffixes and suffixes[-1] in FORMATS:
-        return FORMATS[suffixes[-1]]
-    named = "".join(path.suffixes[max(len(suffixes) - 1, 0):])
-    shown = f"suffix {named!r}" if named else "no suffix"
-    hint = ""
-    if raw.startswith(b"PAR1"):
-        hint = " (the content is Parquet: set data.format=parquet)"
-    elif "Excel" in (not_utf8_text(raw, source) or ""):
-        hint = " (it is an Excel workbook: export the sheet as CSV)"
-    raise ClrpipeError(
-        f"{source}: unknown table kind ({shown}); expected .csv, .tsv, .tab, .parquet or .pq "
-        f"(optionally .gz, .bz2 or .xz), or set data.format to csv, tsv or parquet{hint}"
-    )
-
-
-def _decompressed(raw: bytes, source: str, kind: str) -> bytes:
-    for magic, name, decompress in _DECOMPRESS:
-        if raw.startswith(magic) and (name != "bzip2" or raw[3:4].isdigit()):
-            try:
-                raw = decompress(raw)
-            except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error) as err:
-                raise ClrpipeError(
-                    f"{source}: {name}-compressed but does not decompress ({first_line(err)}); "
-                    f"expected a complete {name} file"
-                ) from None
-            if not raw.strip():
-                raise ClrpipeError(
-                    f"{source}: empty file once decompressed; expected a header line and data "
-                    "rows"
-                )
-            return raw
-    return raw
-
-
-def _sibling(source: str, kind: str) -> str:
-    """A file name next to `source` for a converted copy (never `source` itself)."""
-    path = PurePath(source)
-    while path.suffix.lower() in COMPRESSED_SUFFIXES:
-        path = path.with_suffix("")
-    if str(path) == source:
-        path = path.with_name(f"{path.stem}-utf8{path.suffix or '.' + kind}")
-    return str(path)
-
-
-def _adapted(message: str, source: str, kind: str) -> str:
-    """`clrpipe.pipeline.data.cardio`'s cardio wording made right for a user's CSV or TSV table."""
-    label = kind.upper()
-    return (
-        message.replace("cardio_train.csv", _sibling(source, kind))
-        .replace("(UTF-8, ';' or ',' separated)", "(UTF-8, ',' separated)")
-        .replace("extract the CSV first", f"extract the {label} first")
-        .replace("CSV table", f"{label} table")
-        .replace(" and use that file", " and set data.raw to that file")
-    )
-
-
-def _read_text(raw: bytes, source: str, kind: str) -> pd.DataFrame:
-    label, separator = kind.upper(), SEPARATORS[kind]
-    if raw.startswith(b"PAR1"):
-        raise ClrpipeError(
-            f"{source}: a Parquet file, not a {label} table; set data.format=parquet (or name "
-            "the file .parquet)"
-        )
-    try:
-        text = decode_text(raw, source)
-    except ClrpipeError as err:
-        raise ClrpipeError(_adapted(str(err), source, kind)) from None
-    text = text.lstrip("\ufeff")
-    header = text.split("\n", 1)[0]
-    if not header.strip():
-        raise ClrpipeError(
-            f"{source}: the first line is blank; expected a header line naming the columns"
-        )
-    names = [name.strip() for name in next(csv.reader([header], delimiter=separator))]
-    if "" in names:
-        raise ClrpipeError(
-            f"{source}: column {names.index('') + 1} of the header has no name; expected a "
-            "header line naming every column"
-        )
-    repeated = [c for i, c in enumerate(names) if c in names[:i]]
-    if repeated:
-        raise ClrpipeError(f"{source}: column '{repeated[0]}' appears more than once")
-    try:
-        frame = pd.read_csv(
-            io.StringIO(text), sep=separator, skipinitialspace=True, low_memory=False
-        )
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
-        raise ClrpipeError(
-            f"{source}: not a {separator!r}-separated {label} table ({first_line(err)}); "
-            "expected a header line and rows of as many fields (set data.format if the file "
-            "is another kind)"
-        ) from None
-    if not frame.index.equals(pd.RangeIndex(len(frame))):  # pandas took fields as an index
-        raise ClrpipeError(
-            f"{source}: the data rows have more fields than the header's {len(names)} names; "
-            "expected a header line naming every column (or no trailing separator)"
-        )
-    if len(names) == frame.shape[1]:
-        frame.columns = names
-    if frame.shape[1] == 1:
-        for other, other_kind in (("\t", "tsv"), (",", "csv")):
-            if other != separator and other in header:
-                raise ClrpipeError(
-                    f"{source}: one column read with separator {separator!r}, but the header "
-                    f"has {other!r}; set data.format={other_kind}"
-                )
-        if ";" in header:
-            raise ClrpipeError(
-                f"{source}: one column read with separator {separator!r}, but the header has "
-                "';'; re-save the table ',' separated (csv) or tab separated (tsv)"
-            )
-    for column in frame.columns:
-        if _is_text(frame[column]) and not _is_bool(frame[column]):
-            values = frame[column].astype("str").str.strip()
-            frame[column] = values.mask(frame[column].isna() | (values == ""))
-    return frame
-
-
-def _read_parquet(raw: bytes, source: str) -> pd.DataFrame:
-    if not raw.startswith(b"PAR1"):
-        looks = " (it looks like text: set data.format=csv or tsv)"
-        if not_utf8_text(raw, source) is not None or b"\x00" in raw[:4096]:
-            looks = ""
-        raise ClrpipeError(
-            f"{source}: not a Parquet file (it does not start with PAR1){looks}; expected "
-            "Parquet (data.format=parquet or a .parquet/.pq name)"
-        )
-    try:
-        frame = pd.read_parquet(io.BytesIO(raw))
-    except Exception as err:  # pyarrow's errors are not one family
-        raise ClrpipeError(
-            f"{source}: not a readable Parquet file ({first_line(err)}); expected a complete "
-            "Parquet table"
-        ) from None
-    if not isinstance(frame.index, pd.RangeIndex):
-        frame = frame.reset_index()  # a saved index is data: keep it as a column
-    return frame.reset_index(drop=True)
-
-
-# --- preparing ------------------------------------------------------------------------------------
-
-
-def _is_bool(s: pd.Series) -> bool:
-    if pd.api.types.is_bool_dtype(s.dtype):
-        return True
-    if pd.api.types.is_object_dtype(s.dtype):
-        values = s.dropna()
-        return len(values) > 0 and all(isinstance(v, bool | np.bool_) for v in values)
-    return False
-
-
-def _is_text(s: pd.Series) -> bool:
-    return (
-        pd.api.types.is_object_dtype(s.dtype)
-        or pd.api.types.is_string_dtype(s.dtype)
-        or isinstance(s.dtype, pd.CategoricalDtype)
-    )
-
-
-def _is_number(s: pd.Series) -> bool:
-    return pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype)
-
-
-def _integer_valued(values: pd.Series) -> bool:
-    v = values.dropna().to_numpy(dtype=float)
-    return bool(len(v)) and bool(np.all(np.isfinite(v))) and bool(np.all(v == np.round(v)))
-
-
-def _as_text(s: pd.Series) -> pd.Series:
-    """Category values as text (`1`, not `1.0`; `True`), missing ones kept missing."""
-    present = s.notna()
-    if _is_bool(s):
-        values = s.map(lambda v: str(bool(v)), na_action="ignore")
-    elif _is_number(s) and _integer_valued(s):
-        values = s.map(lambda v: str(int(v)), na_action="ignore")
-    else:
-        values = s.map(lambda v: str(v).strip(), na_action="ignore")
-    values = values.astype("str")
-    return values.mask(~present | (values == ""))
+ID_MIN_ROWS = 50
+"""Rows a text column needs before a distinct value in each marks it as an identifier."""
 
 
 def _row(index: Any) -> int:
@@ -419,13 +124,13 @@ def _task(
 ) -> tuple[str, bool, tuple | None, pd.Series, str]:
     """The task, whether inferred, the classes, the target's values typed, and a note."""
     name, n = cfg.target, len(target)
-    if _is_bool(target):
+    if is_bool(target):
         kind, values = "boolean", target.astype(bool)
-    elif _is_number(target):
-        kind = "integer" if _integer_valued(target) else "float"
+    elif is_number(target):
+        kind = "integer" if integer_valued(target) else "float"
         values = target.astype("int64" if kind == "integer" else float)
-    elif _is_text(target):
-        kind, values = "text", _as_text(target)
+    elif is_text(target):
+        kind, values = "text", as_text(target)
     else:
         raise ClrpipeError(
             f"data.target: column '{name}' in {source} has {target.dtype} values; expected "
@@ -444,7 +149,7 @@ def _task(
             task, note = "regression", "non-integer numbers"
         note = f"task inferred: {task} ({note} in '{name}'); set data.task to override"
     elif task == "regression" and kind in ("text", "boolean"):
-        first = _plain(values.iloc[0])
+        first = plain(values.iloc[0])
         raise ClrpipeError(
             f"data.task: regression needs a numeric target, but '{name}' in {source} has "
             f"{kind} values (e.g. {first!r}); set data.task to binary or multiclass, or null "
@@ -465,7 +170,7 @@ def _task(
                 "values"
             )
         return task, cfg.task is None, None, values.astype(float), note
-    classes = tuple(sorted(_plain(v) for v in values.unique()))
+    classes = tuple(sorted(plain(v) for v in values.unique()))
     if levels < 2:
         raise ClrpipeError(
             f"data.target: column '{name}' in {source} has one class ({classes[0]!r}) in all "
@@ -480,23 +185,13 @@ def _task(
     return task, cfg.task is None, classes, values, note
 
 
-def _plain(value: Any) -> str | int | bool:
-    if isinstance(value, bool | np.bool_):
-        return bool(value)
-    if isinstance(value, int | np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating) and float(value).is_integer():
-        return int(value)  # 1.0 read back from a float column is the class 1
-    return str(value)
-
-
 def _numbers(s: pd.Series, column: str, source: str, why: str) -> pd.Series:
     """A feature column as floats, or a one-line error naming its first non-number."""
-    if _is_bool(s):
+    if is_bool(s):
         return s.map(float, na_action="ignore").astype(float)
-    if _is_number(s):
+    if is_number(s):
         return s.astype(float)
-    if _is_text(s):
+    if is_text(s):
         text = s.astype("str").str.strip()
         parsed = pd.to_numeric(text.where(s.notna()), errors="coerce")
         bad = s.notna() & parsed.isna()
@@ -512,6 +207,13 @@ def _numbers(s: pd.Series, column: str, source: str, why: str) -> pd.Series:
         f"{source}: column '{column}' has {s.dtype} values, not numbers; list it in "
         "data.categorical to one-hot encode it, or in data.ignore_columns to leave it out"
     )
+
+
+def _id_like(s: pd.Series) -> bool:
+    """A text column holding a different value in every row (ID_MIN_ROWS rows or more, gaps
+    aside): an identifier, not a feature."""
+    values = s.dropna()
+    return len(values) >= ID_MIN_ROWS and values.nunique() == len(values)
 
 
 def _mostly_numbers(s: pd.Series) -> bool:
@@ -565,22 +267,33 @@ def prepare_table(
             f"{source}: no feature columns left (every column is data.target, in "
             "data.id_columns or in data.ignore_columns)"
         )
+    id_like: dict[str, str] = {}
     if cfg.categorical is not None:
         declared = set(cfg.categorical)
         categorical = [c for c in features if c in declared]
     else:
         categorical = []
         for c in features:
-            if _is_bool(frame[c]):
+            if is_bool(frame[c]):
                 categorical.append(c)
-            elif _is_text(frame[c]):
+            elif is_text(frame[c]):
+                if _id_like(frame[c]):
+                    id_like[c] = f"id-like: {frame[c].nunique()} distinct values in as many rows"
+                    notes.append(f"column '{c}' looks like an identifier (a distinct value in "
+                                 "every row): left out; list it in data.categorical to use it")
+                    continue
                 if _mostly_numbers(frame[c]):
                     _numbers(frame[c], c, source, "is mostly numbers but not all")
                 categorical.append(c)
+        features = [c for c in features if c not in id_like]
+        if not features:
+            raise ClrpipeError(f"{source}: no feature columns left (the only ones look like "
+                               f"identifiers: {', '.join(id_like)}); list them in "
+                               "data.categorical to use them")
     numeric = [c for c in features if c not in categorical]
     why = "is not numeric" + (" and not in data.categorical" if cfg.categorical is not None else "")
     typed = {c: _numbers(frame[c], c, source, why) for c in numeric}
-    typed |= {c: _as_text(frame[c]) for c in categorical}
+    typed |= {c: as_text(frame[c]) for c in categorical}
 
     missing = {c: int(typed[c].isna().sum()) for c in features}
     for c in features:
@@ -604,14 +317,16 @@ def prepare_table(
                 f"{source}: column '{c}' has {int(infinite.sum())} infinite value(s) (first in "
                 f"data row {_row(values.index[infinite.argmax()])}); expected finite numbers"
             )
+    encoding = {c: "number" for c in numeric}
     for c in categorical:
-        levels, present = int(typed[c].nunique()), int(typed[c].notna().sum())
-        if levels > 20 and levels > 0.5 * present:
-            notes.append(
-                f"column '{c}' has {levels} distinct values in {present} rows, one-hot encoded "
-                "as that many features; if it is an identifier or free text, list it in "
-                "data.id_columns or data.ignore_columns"
-            )
+        levels = int(typed[c].nunique())
+        encoding[c] = (f"one-hot, {levels} values" if levels <= MAX_CATEGORIES else
+                       f"one-hot, the {MAX_CATEGORIES - 1} most frequent of {levels} values in "
+                       f"training + {OTHER} (the rest and unseen values)")
+        if levels > MAX_CATEGORIES:
+            notes.append(f"column '{c}' has {levels} distinct values: one-hot encoded as its "
+                         f"{MAX_CATEGORIES - 1} most frequent and {OTHER}")
+    encoding |= {c: f"left out ({why})" for c, why in id_like.items()}
     gaps = {c: n for c, n in missing.items() if n}
     if gaps:
         shown = ", ".join(f"{c} {n}" for c, n in gaps.items())
@@ -643,6 +358,7 @@ def prepare_table(
         "target": target,
         "numeric": list(numeric),
         "categorical": list(categorical),
+        "encoding": encoding,
         "classes": None if classes is None else list(classes),
         "class_counts": None if classes is None else {
             str(c): int((out[target] == c).sum()) for c in classes
@@ -699,204 +415,3 @@ def check_splittable(frame: pd.DataFrame, schema: TableSchema, test_size: float,
         f"'{schema.target}' class ({minimum * len(schema.classes)} in all) so that train and "
         "test both get every class"
     )
-
-
-# --- preprocessing --------------------------------------------------------------------------------
-
-
-def _json(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | np.ndarray):
-        return [_json(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-class Preprocessor:
-    """Features and target encoding fitted on the training part only (see the module doc)."""
-
-    def __init__(self, schema: TableSchema, missing: str, objects: dict[str, Any]):
-        self.schema = schema
-        self.missing = missing
-        self._imputer: SimpleImputer | None = objects.get("imputer")
-        self._scaler: StandardScaler | None = objects.get("scaler")
-        self._cat_imputer: SimpleImputer | None = objects.get("cat_imputer")
-        self._encoder: OneHotEncoder | None = objects.get("encoder")
-        self.target_mean: float | None = objects.get("target_mean")
-        self.target_std: float | None = objects.get("target_std")
-        self.indicators: list[str] = []
-        if self._imputer is not None and self._imputer.indicator_ is not None:
-            self.indicators = [
-                schema.numeric[i] for i in self._imputer.indicator_.features_
-            ]
-        categories = self._encoder.categories_ if self._encoder is not None else []
-        self.categories: dict[str, list[str]] = {
-            c: [str(v) for v in cats] for c, cats in zip(schema.categorical, categories,
-                                                          strict=True)
-        }
-        self.features: list[str] = [
-            *schema.numeric,
-            *(f"missing:{c}" for c in self.indicators),
-            *(f"{c}={v}" for c in schema.categorical for v in self.categories[c]),
-        ]
-
-    @classmethod
-    def fit(cls, train: pd.DataFrame, schema: TableSchema, missing: str) -> Preprocessor:
-        objects: dict[str, Any] = {}
-        if schema.numeric:
-            values = cls._numeric(train, schema)
-            if missing == "impute":
-                objects["imputer"] = SimpleImputer(
-                    strategy="median", add_indicator=True, keep_empty_features=True
-                ).fit(values)
-                values = objects["imputer"].transform(values)[:, : len(schema.numeric)]
-            objects["scaler"] = StandardScaler().fit(values)
-        if schema.categorical:
-            values = cls._text(train, schema)
-            objects["cat_imputer"] = SimpleImputer(
-                strategy="most_frequent", keep_empty_features=True
-            ).fit(values)
-            objects["encoder"] = OneHotEncoder(
-                handle_unknown="ignore", sparse_output=False, dtype=np.float32
-            ).fit(objects["cat_imputer"].transform(values))
-        if not schema.is_classification:
-            y = train[schema.target].to_numpy(dtype=float)
-            std = float(y.std())
-            objects["target_mean"] = float(y.mean())
-            objects["target_std"] = std if std > 0 and math.isfinite(std) else 1.0
-        return cls(schema, missing, objects)
-
-    @staticmethod
-    def _numeric(frame: pd.DataFrame, schema: TableSchema) -> np.ndarray:
-        return frame[list(schema.numeric)].astype(float).to_numpy(dtype=float)
-
-    @staticmethod
-    def _text(frame: pd.DataFrame, schema: TableSchema) -> np.ndarray:
-        columns = [_as_text(frame[c]).astype(object) for c in schema.categorical]
-        out = np.column_stack([c.where(c.notna(), np.nan).to_numpy() for c in columns])
-        return out.astype(object)
-
-    def transform(self, frame: pd.DataFrame) -> tuple[np.ndarray, dict]:
-        """Features (float32, one column per `features` name) and counts of what was imputed
-        and of category values not seen in training, per column."""
-        schema = self.schema
-        absent = [c for c in schema.features if c not in frame.columns]
-        if absent:
-            raise ClrpipeError(
-                f"preprocessor: column '{absent[0]}' missing; expected the columns it was "
-                f"fitted on ({', '.join(schema.features)})"
-            )
-        parts, imputed, unseen = [], {}, {}
-        if schema.numeric:
-            values = self._numeric(frame, schema)
-            gaps = np.isnan(values)
-            imputed |= {c: int(n) for c, n in zip(schema.numeric, gaps.sum(axis=0), strict=True)}
-            if self._imputer is not None:
-                filled = self._imputer.transform(values)
-                k = len(schema.numeric)
-                values, indicators = filled[:, :k], filled[:, k:]
-            else:
-                if gaps.any():
-                    column = schema.numeric[int(gaps.any(axis=0).argmax())]
-                    raise ClrpipeError(
-                        f"column '{column}' has {int(gaps.sum(axis=0).max())} missing value(s); "
-                        "data.missing is refuse"
-                    )
-                indicators = np.zeros((len(frame), 0))
-            parts += [self._scaler.transform(values), indicators]
-        if schema.categorical:
-            values = self._text(frame, schema)
-            gaps = pd.isna(values)
-            imputed |= {c: int(n) for c, n in
-                        zip(schema.categorical, gaps.sum(axis=0), strict=True)}
-            filled = self._cat_imputer.transform(values)
-            for i, c in enumerate(schema.categorical):
-                known = set(self.categories[c])
-                unseen[c] = int(sum(v not in known for v in filled[:, i]))
-            parts.append(self._encoder.transform(filled))
-        x = np.hstack(parts).astype(np.float32) if parts else np.zeros((len(frame), 0), np.float32)
-        return x, {"unseen_categories": unseen, "imputed": imputed}
-
-    def encode_target(self, values: pd.Series) -> np.ndarray:
-        """Class indices (int64, in `schema.classes` order) or the standardized target
-        (float32)."""
-        schema = self.schema
-        if not schema.is_classification:
-            y = pd.Series(values).to_numpy(dtype=float)
-            return ((y - self.target_mean) / self.target_std).astype(np.float32)
-        index = {c: i for i, c in enumerate(schema.classes)}
-        labels = pd.Series(values).map(_plain) if len(values) else pd.Series([], dtype=object)
-        codes = labels.map(index)
-        if codes.isna().any():
-            bad = labels[codes.isna()].iloc[0]
-            raise ClrpipeError(
-                f"column '{schema.target}': label {bad!r} is not one of the classes "
-                f"({', '.join(map(repr, schema.classes))})"
-            )
-        return codes.to_numpy(dtype=np.int64)
-
-    def decode_target(self, values: np.ndarray) -> np.ndarray:
-        """Labels from class indices (or from class probabilities: (n, K) by argmax, (n,) or
-        (n, 1) binary ones at 0.5), or the target in its original units."""
-        values = np.asarray(values)
-        if not self.schema.is_classification:
-            return values.astype(float).reshape(-1) * self.target_std + self.target_mean
-        if values.ndim == 2 and values.shape[1] > 1:
-            codes = values.argmax(axis=1)
-        else:
-            values = values.reshape(-1)
-            codes = (values >= 0.5).astype(int) if values.dtype.kind == "f" else values
-        return np.array(list(self.schema.classes))[codes.astype(int)]
-
-    def describe(self) -> dict:
-        """JSON-able summary: features, task, classes, target scaling, categories, medians."""
-        medians = {}
-        if self._imputer is not None:
-            medians = dict(zip(self.schema.numeric, self._imputer.statistics_, strict=True))
-        scaler = self._scaler
-        return _json({
-            "task": self.schema.task,
-            "target": self.schema.target,
-            "classes": self.schema.classes,
-            "missing": self.missing,
-            "features": self.features,
-            "n_features": len(self.features),
-            "numeric": self.schema.numeric,
-            "categorical": self.schema.categorical,
-            "indicators": self.indicators,
-            "categories": self.categories,
-            "medians": medians,
-            "means": {} if scaler is None else dict(zip(self.schema.numeric, scaler.mean_,
-                                                        strict=True)),
-            "scales": {} if scaler is None else dict(zip(self.schema.numeric, scaler.scale_,
-                                                         strict=True)),
-            "most_frequent": {} if self._cat_imputer is None else dict(
-                zip(self.schema.categorical, self._cat_imputer.statistics_, strict=True)
-            ),
-            "target_mean": self.target_mean,
-            "target_std": self.target_std,
-        })
-
-    def save(self, path) -> None:
-        """One joblib file: the fitted sklearn objects, the schema and `describe()`."""
-        objects = {
-            "imputer": self._imputer, "scaler": self._scaler, "cat_imputer": self._cat_imputer,
-            "encoder": self._encoder, "target_mean": self.target_mean,
-            "target_std": self.target_std,
-        }
-        joblib.dump({
-            "format": "clrpipe.tables.Preprocessor/1",
-            "schema": self.schema.to_dict(),
-            "missing": self.missing,
-            "objects": objects,
-            "describe": self.describe(),
-        }, path)
-
-    @classmethod
-    def load(cls, path) -> Preprocessor:
-        state = joblib.load(path)
-        if not isinstance(state, dict) or state.get("format") != "clrpipe.tables.Preprocessor/1":
-            raise ClrpipeError(f"{path}: not a saved clrpipe table preprocessor")
-        return cls(TableSchema.from_dict(state["schema"]), state["missing"], state["objects"])

@@ -1,8 +1,9 @@
 """`fetch` stage: make sure the raw table is at `data.raw`.
 
 `data: cardio`: copied from $CLRPIPE_CARDIO_CSV when set (offline machines, CI) or downloaded
-from Kaggle, and checked against `data.sha256`. `data: table`: the user's file must be there;
-nothing is downloaded.
+from Kaggle, and checked against `data.sha256`. `data: table`: imported from `data.source` (a
+path outside the project or an http(s) URL; `data.sources`) when set, checked against
+`data.sha256` when that is set; otherwise the user's file must be at `data.raw`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from omegaconf import DictConfig
 
 from clrpipe.errors import ClrpipeError
 from clrpipe.pipeline import config
-from clrpipe.pipeline.data import download
+from clrpipe.pipeline.data import download, sources
 from clrpipe.pipeline.params import CardioData, DataParams, Reads
 
 __all__ = ["STAGES", "FetchReads", "run"]
@@ -35,6 +36,10 @@ def run(cfg: DictConfig) -> Path:
     source = config.reads(cfg, FetchReads).data
     if not isinstance(source, CardioData):
         download.refuse_folder(source.raw, "your_table.csv")
+        if source.source is not None:
+            digest = sources.import_table(source.source, source.raw, source.sha256)
+            click.echo(f"fetch: {source.source} -> {source.raw} (sha256 {digest})")
+            return source.raw
         if not source.raw.is_file():
             raise ClrpipeError(f"{source.raw}: not found; put your table there or set data.raw")
         click.echo(f"fetch: {source.raw} present (data: table; nothing to download)")

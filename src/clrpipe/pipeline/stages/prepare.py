@@ -50,9 +50,12 @@ def run(cfg: DictConfig) -> dict:
     for note in notes:
         click.echo(f"note: {note}", err=True)
     report = {"source": str(source.raw), "sha256": hashlib.sha256(raw).hexdigest(), **report}
+    logged, renamed = tables.mlflow_keys(report)  # column names as MLflow metric names
+    if renamed:
+        report["mlflow_names"] = logged["mlflow_names"] = renamed
     with runs.stage_run(cfg, "prepare") as tracked, \
             atomic_outputs(params.output, params.report) as (tmp_output, tmp_report):
-        tracked.log_report(report, params.report.name)
+        tracked.log_report(logged, params.report.name)
         prepared.to_parquet(tmp_output, index=False)
         tmp_report.write_text(json.dumps(report, indent=2) + "\n")
     click.echo(

@@ -2,7 +2,9 @@
 
 The `model:` network, initialised from `train.seed` and trained with SGD (`train.momentum`), is
 swept over the LR range of `range_test:` (`clrpipe.range_test_runner`) on the training split
-minus a stratified held-out slice of `validation_rows` rows (for Smith's accuracy rule).
+minus a stratified held-out slice of `validation_rows` rows (for Smith's accuracy rule). An
+`auto` batch size, sweep length or slice is sized from the training rows (`data.sizing`) and
+written to the metrics (`auto`) and the run's params.
 Outputs, all or none: `metrics/range_test.json` (bounds, spreads, per-method and per-seed
 suggestions; `train_clr` reads `base_lr` and `max_lr` when the schedule's are null),
 `plots/range_test/sweep.csv` (one row per batch and seed) and `plots/range_test/sweep.png`,
@@ -25,6 +27,7 @@ from sklearn.model_selection import train_test_split
 from clrpipe import plots
 from clrpipe.errors import ClrpipeError
 from clrpipe.pipeline import config
+from clrpipe.pipeline.data import sizing
 from clrpipe.pipeline.outputs import atomic_outputs
 from clrpipe.pipeline.params import PARAMS_FILE, ModelParams, RangeTestParams, Reads, SplitDir
 from clrpipe.pipeline.tracking import runs
@@ -64,11 +67,12 @@ SWEEP_PNG = Path("plots/range_test/sweep.png")
 
 def run(cfg: DictConfig) -> dict:
     """Run the range test and write its bounds, per-batch sweep and plot."""
+    train_frame, _, dataset = load_split(config.section(cfg, "split", SplitDir).dir)
+    rows = len(train_frame)
+    cfg, sized = sizing.resolve(cfg, rows, dataset.output.task, len(dataset.output.classes))
     p = config.reads(cfg, RangeTestReads)
     rt = p.range_test
     batch_size = rt.batch_size or p.train.clr.batch_size
-    train_frame, _, dataset = load_split(p.split.dir)
-    rows = len(train_frame)
     if batch_size > rows // 2:
         key = "range_test.batch_size" if rt.batch_size else "train.clr.batch_size"
         raise ClrpipeError(f"{PARAMS_FILE}: {key}: expected at most half the {rows} training "
@@ -95,7 +99,8 @@ def run(cfg: DictConfig) -> dict:
         result = run_range_test(model, x, y, rt, batch_size=batch_size, x_val=x_val, y_val=y_val)
         seconds = time.perf_counter() - started
         summary = {**result.to_dict(), "batch_size": batch_size, "sweep_rows": len(sweep_frame),
-                   "validation_rows": rt.validation_rows, "seconds": seconds}
+                   "validation_rows": rt.validation_rows, "seconds": seconds,
+                   **sizing.auto_report(sized, "range_test.", "train.clr.batch_size")}
         tracked.log_metrics(_metrics(result, seconds))
         for analysis in result.analyses:
             steps = [i for i, v in enumerate(analysis.smoothed) if math.isfinite(v)]
@@ -132,3 +137,4 @@ def _metrics(result: RangeTestResult, seconds: float) -> dict[str, float]:
         "confident": float(result.confident),
         "seconds": seconds,
     }
+

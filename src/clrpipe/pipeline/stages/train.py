@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from clrpipe import plots, schedules
 from clrpipe.errors import ClrpipeError
 from clrpipe.pipeline import config
+from clrpipe.pipeline.data import sizing
 from clrpipe.pipeline.outputs import atomic_outputs
 from clrpipe.pipeline.params import (
     PARAMS_FILE,
@@ -72,6 +73,10 @@ def run(cfg: DictConfig, variant: str) -> dict:
     if variant not in VARIANTS:
         raise ClrpipeError(f"train: unknown variant '{variant}'; expected one of {VARIANTS}")
     stage = f"train_{variant}"
+    train_frame, test_frame, dataset = trial.load_split(config.section(cfg, "split",
+                                                                      SplitDir).dir)
+    cfg, sized = sizing.resolve(cfg, len(train_frame), dataset.output.task,
+                                len(dataset.output.classes))
     p = config.reads(cfg, STAGES[stage])
     run_params: RunParams = getattr(p.train, variant)
     if variant == "baseline":
@@ -80,7 +85,6 @@ def run(cfg: DictConfig, variant: str) -> dict:
         spec = ConstantSchedule(learning_rate=run_params.learning_rate)
     else:
         spec = p.schedule
-    train_frame, test_frame, dataset = trial.load_split(p.split.dir)
     split = trial.split_arrays(train_frame, test_frame, dataset, p.train.validation_fraction,
                          p.train.seed)
     bounds = trial.range_test_bounds()
@@ -108,6 +112,9 @@ def run(cfg: DictConfig, variant: str) -> dict:
             "epoch_seconds_median": float(np.median(history.epoch_seconds)),
         }
         tracked.log_metrics(metrics)
+        # what `auto` stood for among this stage's keys (the run's params hold them too)
+        metrics |= sizing.auto_report(sized, f"train.{variant}.",
+                                      *(["schedule."] if variant == "clr" else []))
         tracked.set_tag("clrpipe.backend", done.backend["backend"])
         metrics.update(done.backend)
         tracked.log_series("learning_rate", history.lr_steps, history.lr_values)
