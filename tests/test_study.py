@@ -113,6 +113,28 @@ def test_across_datasets_mean_rank_and_win_tie_loss():
     assert "| clr | 1.50 | 1 / 0 / 1 |" in text and "## a" in text and "## b" in text
 
 
+def test_finder_suggestions_come_from_the_range_tests_own_curves():
+    from tests.test_finders import STEP_LOSSES, STEP_LRS, VALLEY_LOSSES, VALLEY_LRS
+
+    rt = {"optimizer": "sgd", "base_lr": 1e-3, "max_lr": 0.1, "steps": [20, 60],
+          "curves": [(VALLEY_LRS.tolist(), VALLEY_LOSSES.tolist()),
+                     (STEP_LRS.tolist(), STEP_LOSSES.tolist())]}
+    row = core.finder_row(rt)
+    assert "curves" not in row and row["steps"] == [20, 60]
+    found = row["finders"]
+    assert found["clrpipe_constant"] == pytest.approx(0.01)  # sqrt(1e-3 * 0.1)
+    assert found["clrpipe_clr_pair"] == [1e-3, 0.1]
+    # torch-lr-finder needs 17 batches: both curves give one, the median is their mean
+    from clrpipe.study import finders
+    both = [finders.torch_lr_finder_steepest(*c) for c in rt["curves"]]
+    assert found["torch_lr_finder_steepest"] == pytest.approx(sum(both) / 2)
+    a = core.summarize_dataset(dataset_outcomes(), jobs_of("clr"), compute={}, tolerance=0.01)
+    text = core.markdown(core.report({"d": a}, {"d": {"range_tests": {"sgd": row}}}, seeds=5,
+                                     grid_seeds=5, confidence=0.95, seconds=1.0))
+    line = next(x for x in text.splitlines() if x.startswith("| sgd |"))
+    assert line.startswith("| sgd | 0.1 | 0.01 | 0.001 / 0.1 | ")  # oracle grid_sgd_0.1
+
+
 def test_plan_has_every_method_and_grid_point_per_dataset():
     s = parse(StudyParams, dict(config.compose().study), "study")
     jobs = core.plan(s)
@@ -169,6 +191,9 @@ def test_every_method_and_dataset_is_in_the_report_with_its_seeds(tiny_study):
         assert found["results"][dataset]["oracle"] in ("oracle_sgd", "oracle_adam")
         tests = found["dataset_details"][dataset]["range_tests"]
         assert set(tests) == {"sgd", "adam", "muon", "adamw_ema"}
+        for rt in tests.values():  # every finder on the same sweeps; the curves left out
+            assert "curves" not in rt and set(rt["finders"]) == set(core.FINDERS)
+            assert rt["finders"]["clrpipe_clr_pair"] == [rt["base_lr"], rt["max_lr"]]
     assert found["results"]["diabetes"]["metric"] == "r2"
     assert found["results"]["penguins"]["metric"] == "accuracy"
     for name, row in found["results"]["penguins"]["methods"].items():  # Wilson: inside [0, 1]
@@ -179,6 +204,7 @@ def test_every_method_and_dataset_is_in_the_report_with_its_seeds(tiny_study):
         if row["verdict"] != "oracle" and row["paired_p"] is not None:
             assert row["paired_p"] <= row["paired_p_holm"] <= 1, name
     report = (tiny_study / "reports/study.md").read_text()
+    assert report.count("Finder suggestions on the same sweeps") == 2
     assert all(f"| {name} |" in report for name in [*s.methods, "oracle_sgd", "oracle_adam"])
     for path in OUTPUTS:
         assert (tiny_study / path).stat().st_size > 0

@@ -41,6 +41,7 @@ __all__ = [
     "FAMILIES",
     "Job",
     "fill_rates",
+    "finder_row",
     "grid_name",
     "markdown",
     "oracle_name",
@@ -269,8 +270,7 @@ def summarize_study(jobs: Sequence[Job], results: Mapping[tuple[str, str], dict]
                                   confidence=confidence)
         per_dataset[dataset] = found
         described[dataset] = {**detail, "range_tests": {
-            opt: {k: v for k, v in rt.items() if k != "optimizer"}
-            for (ds, opt), rt in tests.items() if ds == dataset}}
+            opt: finder_row(rt) for (ds, opt), rt in tests.items() if ds == dataset}}
         grid_point = found["oracles"][found["oracle"]]["grid_point"]
         curves[dataset] = {}
         for name in [j.method for j in done if j.family is None] + [grid_point]:
@@ -282,6 +282,21 @@ def summarize_study(jobs: Sequence[Job], results: Mapping[tuple[str, str], dict]
     found = report(per_dataset, described, seeds=seeds, grid_seeds=grid_seeds,
                    confidence=confidence, seconds=seconds)
     return found, curves
+
+
+def finder_row(rt: Mapping) -> dict:
+    """A range test's entry in the report: its bounds and cost, and on its own curves the
+    other finders' suggestions (`finders.suggest_all`) next to clrpipe's constant rate and
+    CLR pair (the curves themselves are left out)."""
+    from clrpipe.pipeline.comparison.compare import suggested_constant_lr
+    from clrpipe.study.finders import suggest_all
+
+    row = {k: v for k, v in rt.items() if k not in ("optimizer", "curves")}
+    row["finders"] = {"clrpipe_constant": suggested_constant_lr((rt["base_lr"], rt["max_lr"])),
+                      "clrpipe_clr_pair": [rt["base_lr"], rt["max_lr"]],
+                      **{name: found["median"] for name, found in
+                         suggest_all(rt.get("curves", [])).items()}}
+    return row
 
 
 def _finite_mean(values: Sequence[float]) -> float | None:
@@ -405,4 +420,32 @@ def markdown(found: dict) -> str:
                 f"{'not reached' if seconds is None else format(seconds, '.2f')} | "
                 f"{_rates(row['rates'])} |"
             )
+        lines += _finder_table(detail.get("range_tests", {}), res["oracles"])
     return "\n".join(lines) + "\n"
+
+
+FINDERS = {"clrpipe_constant": "clrpipe constant", "clrpipe_clr_pair": "clrpipe CLR pair",
+           "fastai_valley": "fastai valley", "fastai_minimum_div10": "fastai minimum/10",
+           "lightning_steepest_log": "Lightning steepest (log-LR, <= 2.5.2)",
+           "lightning_steepest_2_5_3": "Lightning steepest (>= 2.5.3)",
+           "torch_lr_finder_steepest": "torch-lr-finder steepest"}
+
+
+def _finder_table(tests: Mapping[str, dict], oracles: Mapping[str, dict]) -> list[str]:
+    """Per range test (optimizer), every finder's suggestion on its curves, and the tuned
+    oracle's rate of that optimizer's family for reference."""
+    found = {opt: rt["finders"] for opt, rt in tests.items() if "finders" in rt}
+    if not found:
+        return []
+    lines = ["", "Finder suggestions on the same sweeps (median over sweep seeds; the "
+             "oracle's rate for reference):", "",
+             "| sweep | oracle | " + " | ".join(FINDERS.values()) + " |",
+             "|---|" + "---:|" * (len(FINDERS) + 1)]
+    for opt, rules in found.items():
+        oracle = oracles.get(oracle_name(opt), {}).get("learning_rate")
+        cells = [("n/a" if rules.get(k) is None else
+                  " / ".join(f"{v:.3g}" for v in rules[k]) if isinstance(rules[k], list)
+                  else f"{rules[k]:.3g}") for k in FINDERS]
+        lines.append(f"| {opt} | {'—' if oracle is None else f'{oracle:.3g}'} | "
+                     + " | ".join(cells) + " |")
+    return lines

@@ -32,8 +32,8 @@ def build_optimizer(name: str, learning_rate, model, *, momentum: float = 0.0,
 def range_test_task(model_params: ModelParams, optimizer: str, config: RangeTestParams,
                     batch_size: int, seed: int, momentum: float, options: dict,
                     split: SplitArrays) -> dict[str, Any]:
-    """The range test of `optimizer` on the network built from `seed`: bounds and the batches
-    each sweep seed ran (its cost)."""
+    """The range test of `optimizer` on the network built from `seed`: bounds, the batches
+    each sweep seed ran (its cost) and each seed's raw curve (lrs, losses)."""
     import keras
 
     from clrpipe.pipeline.training.model import build_model
@@ -52,5 +52,6 @@ def range_test_task(model_params: ModelParams, optimizer: str, config: RangeTest
         "optimizer": optimizer, "base_lr": float(result.base_lr), "max_lr": float(result.max_lr),
         "confident": bool(result.confident), "rule": result.rule, "batch_size": batch,
         "steps": [len(a.curve.losses) for a in result.analyses],
+        "curves": [(a.curve.lrs.tolist(), a.curve.losses.tolist()) for a in result.analyses],
         "seconds": time.perf_counter() - started,
     }

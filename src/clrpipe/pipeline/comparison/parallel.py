@@ -238,6 +238,6 @@ def run_sweeps(ray, compare: CompareParams, model_params: ModelParams, train: Tr
         except Exception as err:
             raise ClrpipeError(f"compare: the range test of {optimizer} failed: "
                                f"{first_line(getattr(err, 'cause', None) or err)}") from None
-        found[optimizer] = {k: v for k, v in out.items() if k != "optimizer"}
+        found[optimizer] = {k: v for k, v in out.items() if k not in ("optimizer", "curves")}
     return found
 
