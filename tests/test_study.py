@@ -41,7 +41,8 @@ OUTPUTS = [Path("metrics/study.json"), Path("reports/study.md"),
 
 
 def trial(method, seed, score, val, seconds=1.0):
-    return TrialOutcome(method, seed, score, 0.5, 0.5, tuple(val), (seconds,) * len(val))
+    return TrialOutcome(method, seed, score, 0.5, 0.5, tuple(val), (seconds,) * len(val),
+                        test_rows=200)
 
 
 def jobs_of(*names, grid=(("grid_sgd_0.01", 0.01), ("grid_sgd_0.1", 0.1))):
@@ -71,15 +72,21 @@ def test_dataset_summary_matches_a_hand_calculation():
     assert found["oracles"]["oracle_sgd"]["grid_point"] == "grid_sgd_0.1"
     assert found["target_val"] == pytest.approx(0.74)
     clr = found["methods"]["clr"]
-    # mean 0.72, s = sqrt(2.5e-4), t(0.975, 4) = 2.776445 -> 0.72 +- 0.0196324
+    # mean 0.72 on 200 test rows, Wilson with z = 1.959964 (z^2 = 3.841459):
+    # centre (0.72 + z^2/400) / (1 + z^2/200) = 0.7296036 / 1.0192073 = 0.715854,
+    # half z sqrt(0.72 * 0.28 / 200 + z^2 / 160000) / 1.0192073 = 0.061777
     assert clr["test_accuracy_mean"] == pytest.approx(0.72)
+    assert clr["test_rows"] == 200
     assert (clr["test_accuracy_ci_low"], clr["test_accuracy_ci_high"]) == pytest.approx(
-        (0.7003676, 0.7396324), abs=1e-7)
-    # paired differences -0.02, -0.01, 0, -0.01, -0.01: mean -0.01, s = sqrt(5e-5),
-    # se = 0.0031623, half width 2.776445 * se = 0.0087798 -> entirely below 0: a loss
+        (0.654077, 0.777631), abs=2e-6)
+    # paired differences -0.02, -0.01, 0, -0.01, -0.01: mean -0.01; a resample's mean reaches 0
+    # only if all five draws are the 0: P* = 0.2^5 = 0.00032, so p = 2 * 0.00032 (bootstrap
+    # noise aside); Holm over a family of one leaves it; below 0.05 with a negative mean: loss
     assert clr["gap_to_oracle"] == pytest.approx(-0.01)
-    assert (clr["paired_ci_low"], clr["paired_ci_high"]) == pytest.approx(
-        (-0.0187798, -0.0012202), abs=1e-7)
+    assert clr["paired_mean"] == pytest.approx(-0.01)
+    assert -0.02 <= clr["paired_ci_low"] < -0.01 < clr["paired_ci_high"] <= 0.0
+    assert clr["paired_p"] == pytest.approx(2 * 0.2 ** 5, abs=5e-4)
+    assert clr["paired_p_holm"] == clr["paired_p"]
     assert clr["verdict"] == "loss"
     # validation within 0.02 of the oracle's 0.76 first at epoch 2 (0.745 >= 0.74), 2 s
     assert (clr["epochs_to_oracle"], clr["seconds_to_oracle"], clr["reached_oracle"]) == (
@@ -104,6 +111,28 @@ def test_across_datasets_mean_rank_and_win_tie_loss():
     assert clr["mean_rank"] == 1.5  # second on a, first on b (0.77 vs 0.73)
     text = core.markdown(found)
     assert "| clr | 1.50 | 1 / 0 / 1 |" in text and "## a" in text and "## b" in text
+
+
+def test_finder_suggestions_come_from_the_range_tests_own_curves():
+    from tests.test_finders import STEP_LOSSES, STEP_LRS, VALLEY_LOSSES, VALLEY_LRS
+
+    rt = {"optimizer": "sgd", "base_lr": 1e-3, "max_lr": 0.1, "steps": [20, 60],
+          "curves": [(VALLEY_LRS.tolist(), VALLEY_LOSSES.tolist()),
+                     (STEP_LRS.tolist(), STEP_LOSSES.tolist())]}
+    row = core.finder_row(rt)
+    assert "curves" not in row and row["steps"] == [20, 60]
+    found = row["finders"]
+    assert found["clrpipe_constant"] == pytest.approx(0.01)  # sqrt(1e-3 * 0.1)
+    assert found["clrpipe_clr_pair"] == [1e-3, 0.1]
+    # torch-lr-finder needs 17 batches: both curves give one, the median is their mean
+    from clrpipe.study import finders
+    both = [finders.torch_lr_finder_steepest(*c) for c in rt["curves"]]
+    assert found["torch_lr_finder_steepest"] == pytest.approx(sum(both) / 2)
+    a = core.summarize_dataset(dataset_outcomes(), jobs_of("clr"), compute={}, tolerance=0.01)
+    text = core.markdown(core.report({"d": a}, {"d": {"range_tests": {"sgd": row}}}, seeds=5,
+                                     grid_seeds=5, confidence=0.95, seconds=1.0))
+    line = next(x for x in text.splitlines() if x.startswith("| sgd |"))
+    assert line.startswith("| sgd | 0.1 | 0.01 | 0.001 / 0.1 | ")  # oracle grid_sgd_0.1
 
 
 def test_plan_has_every_method_and_grid_point_per_dataset():
@@ -162,9 +191,20 @@ def test_every_method_and_dataset_is_in_the_report_with_its_seeds(tiny_study):
         assert found["results"][dataset]["oracle"] in ("oracle_sgd", "oracle_adam")
         tests = found["dataset_details"][dataset]["range_tests"]
         assert set(tests) == {"sgd", "adam", "muon", "adamw_ema"}
+        for rt in tests.values():  # every finder on the same sweeps; the curves left out
+            assert "curves" not in rt and set(rt["finders"]) == set(core.FINDERS)
+            assert rt["finders"]["clrpipe_clr_pair"] == [rt["base_lr"], rt["max_lr"]]
     assert found["results"]["diabetes"]["metric"] == "r2"
     assert found["results"]["penguins"]["metric"] == "accuracy"
+    for name, row in found["results"]["penguins"]["methods"].items():  # Wilson: inside [0, 1]
+        if row["test_accuracy_ci_low"] is not None:
+            assert 0 <= row["test_accuracy_ci_low"] <= row["test_accuracy_mean"]
+            assert row["test_accuracy_mean"] <= row["test_accuracy_ci_high"] <= 1
+        assert row["test_rows"] > 0
+        if row["verdict"] != "oracle" and row["paired_p"] is not None:
+            assert row["paired_p"] <= row["paired_p_holm"] <= 1, name
     report = (tiny_study / "reports/study.md").read_text()
+    assert report.count("Finder suggestions on the same sweeps") == 2
     assert all(f"| {name} |" in report for name in [*s.methods, "oracle_sgd", "oracle_adam"])
     for path in OUTPUTS:
         assert (tiny_study / path).stat().st_size > 0

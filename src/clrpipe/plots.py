@@ -121,7 +121,7 @@ def compare_figures(
         ax.scatter([i + 0.15] * len(s.per_seed_score),
                    [unit * a for a in s.per_seed_score], s=10, color=f"C{i}", alpha=0.6)
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
-    ax.set(ylabel=f"test {label}", title=f"test {label.split()[0]}: mean, t-interval, seeds")
+    ax.set(ylabel=f"test {label}", title=f"test {label.split()[0]}: mean, interval, seeds")
     ax.grid(alpha=0.3, axis="y")
 
     val = Figure(figsize=(8, 4), layout="constrained")

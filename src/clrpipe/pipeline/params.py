@@ -408,13 +408,25 @@ class RegistryName(Reads):
 
 # --- compare --------------------------------------------------------------------------------------
 
+OPTIMIZERS = ("sgd", "adam", "adamw_ema", "muon", "schedule_free_adamw", "prodigy")
+"""The optimizers `compare` and the study train with (`clrpipe.optimizers.build_optimizer`)."""
+
 
 class MethodParams(Section):
-    """One network method of `compare.methods`: a schedule, its batch size, optional epochs."""
+    """One network method of `compare.methods`: an optimizer (`options` go to its class), a
+    schedule, its batch size, optional epochs. Null rates come from the range test: the
+    `range_test` stage's for SGD, the sweep `compare.range_test.<optimizer>` for the others."""
 
     schedule: ScheduleParams
     batch_size: PositiveInt
     epochs: PositiveInt | None = None
+    optimizer: Literal[OPTIMIZERS] = "sgd"
+    options: dict[str, Any] = {}
+
+    def needs_sweep(self) -> bool:
+        """Whether a null rate of a non-SGD optimizer asks `compare` for its own sweep."""
+        rates = [v for k, v in self.schedule.model_dump().items() if "learning_rate" in k]
+        return self.optimizer != "sgd" and any(v is None for v in rates)
 
 
 class HgbParams(Section):
@@ -446,6 +458,7 @@ class CompareParams(Section):
     select: list[str] | None = None
     methods: dict[str, MethodParams]
     hgb: HgbParams | None = None
+    range_test: dict[Literal[OPTIMIZERS], RangeTestParams] = {}
     ray: RayParams = RayParams()
 
     @model_validator(mode="after")
@@ -459,13 +472,17 @@ class CompareParams(Section):
             if unknown or not self.select:
                 got = repr(unknown[0]) if unknown else "an empty list"
                 raise ValueError(f"select: expected names from {', '.join(known)}, got {got}")
+        for name, method in self.methods.items():
+            if method.needs_sweep() and method.optimizer not in self.range_test:
+                raise ValueError(f"range_test: expected a sweep for optimizer "
+                                 f"{method.optimizer} (methods.{name} has a null rate), got none")
         return self
 
 
 # --- study --------------------------------------------------------------------------------------
 
 STUDY_DATASETS = ("cardio", "breast_cancer", "diabetes", "wine", "digits", "penguins")
-STUDY_OPTIMIZERS = ("sgd", "adam", "adamw_ema", "muon", "schedule_free_adamw", "prodigy")
+STUDY_OPTIMIZERS = OPTIMIZERS
 
 
 class StudyDataset(Section):

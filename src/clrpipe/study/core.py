@@ -7,10 +7,14 @@ grid of constant rates per optimizer family (SGD, Adam), the point with the best
 validation score winning (what tuning by hand buys, at the cost of the whole grid).
 
 Per dataset and method:
-- test score (accuracy, or R² for regression): mean and Student-t interval over seeds;
+- test score (accuracy, or R² for regression): mean over seeds and its interval (an
+  accuracy's Wilson interval on the test rows, an R²'s percentile bootstrap over seeds:
+  `compare.score_interval`);
 - gap to the oracle (the better of the SGD and Adam oracles on validation) and the paired
-  interval of (method - oracle) over the seeds both have: above 0 a win, below 0 a loss, else
-  a tie;
+  bootstrap interval of (method - oracle) over the seeds both have, with its p-value; the
+  verdict (win, tie, loss) comes from the p-values Holm-adjusted over the table's family (every
+  method compared with that table's oracle), so each table's verdicts together keep a 5%
+  family-wise error rate (`compare.versus`);
 - compute: epochs per network, counting the method's range-test sweep (every sweep seed's
   batches, in epochs of the training part) and, for an oracle, every grid point's training;
 - time to the oracle: epochs and seconds until the validation score first comes within
@@ -29,14 +33,15 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from clrpipe.pipeline.comparison.compare import TrialOutcome, first_reach
+from clrpipe.pipeline.comparison.compare import TrialOutcome, first_reach, score_interval, versus
 from clrpipe.pipeline.params import StudyParams
-from clrpipe.stats import median, t_interval
+from clrpipe.stats import median
 
 __all__ = [
     "FAMILIES",
     "Job",
     "fill_rates",
+    "finder_row",
     "grid_name",
     "markdown",
     "oracle_name",
@@ -153,27 +158,6 @@ def _mean_val(trials: Sequence[TrialOutcome]) -> float:
     return float(np.mean(values)) if values and all(math.isfinite(v) for v in values) else -math.inf
 
 
-def _paired(method: Sequence[TrialOutcome], oracle: Sequence[TrialOutcome], confidence: float):
-    theirs = {t.seed: t.test_score for t in oracle if math.isfinite(t.test_score)}
-    diffs = [t.test_score - theirs[t.seed] for t in method
-             if t.seed in theirs and math.isfinite(t.test_score)]
-    if not diffs:
-        return None
-    return t_interval(diffs, confidence)
-
-
-def _verdict(interval) -> str:
-    if interval is None:
-        return "loss"  # diverged: no model at all
-    if interval.low is None:
-        return "tie"
-    if interval.low > 0:
-        return "win"
-    if interval.high < 0:
-        return "loss"
-    return "tie"
-
-
 def summarize_dataset(
     outcomes: Sequence[TrialOutcome],
     jobs: Sequence[Job],
@@ -213,15 +197,19 @@ def summarize_dataset(
     oracle_trials = by_method[best_oracle]
     oracle_val = oracles[best_oracle]["val_score"]
     target = None if oracle_val is None else oracle_val - tolerance
-    oracle_mean = t_interval(_finite([t.test_score for t in oracle_trials]) or [math.nan]).mean
+    oracle_scores = _finite([t.test_score for t in oracle_trials])
+    oracle_mean = float(np.mean(oracle_scores)) if oracle_scores else math.nan
+    named = [j.method for j in jobs if j.family is None]
+    compared = versus({name: {t.seed: t.test_score for t in by_method.get(name, [])}
+                       for name in [*named, *oracles]}, best_oracle, confidence)
 
     rows = {}
-    named = [j.method for j in jobs if j.family is None]
     for name in [*named, *oracles]:
         trials = by_method.get(name, [])
         scores = _finite([t.test_score for t in trials])
-        interval = t_interval(scores, confidence) if scores else None
-        paired = None if name == best_oracle else _paired(trials, oracle_trials, confidence)
+        interval = (score_interval(scores, metric, trials[0].test_rows, confidence)
+                    if scores else None)
+        paired = compared.get(name, {})
         reach = [first_reach(t.val_score, t.epoch_seconds, target) if target is not None
                  else (None, None) for t in trials]
         job = next((j for j in jobs if j.method == name), None)
@@ -232,10 +220,13 @@ def summarize_dataset(
             f"test_{metric}_ci_low": None if interval is None else interval.low,
             f"test_{metric}_ci_high": None if interval is None else interval.high,
             "gap_to_oracle": None if interval is None else interval.mean - oracle_mean,
-            "paired_mean": None if paired is None else paired.mean,
-            "paired_ci_low": None if paired is None else paired.low,
-            "paired_ci_high": None if paired is None else paired.high,
-            "verdict": "oracle" if name == best_oracle else _verdict(paired),
+            "test_rows": trials[0].test_rows if trials else 0,
+            "paired_mean": paired.get("mean"),
+            "paired_ci_low": paired.get("ci_low"),
+            "paired_ci_high": paired.get("ci_high"),
+            "paired_p": paired.get("p_value"),
+            "paired_p_holm": paired.get("p_holm"),
+            "verdict": paired.get("verdict", "oracle"),
             "compute_epochs": (oracles[name]["compute_epochs"] if name in oracles
                                else compute.get(name)),
             "reached_oracle": sum(e is not None for e, _ in reach),
@@ -279,8 +270,7 @@ def summarize_study(jobs: Sequence[Job], results: Mapping[tuple[str, str], dict]
                                   confidence=confidence)
         per_dataset[dataset] = found
         described[dataset] = {**detail, "range_tests": {
-            opt: {k: v for k, v in rt.items() if k != "optimizer"}
-            for (ds, opt), rt in tests.items() if ds == dataset}}
+            opt: finder_row(rt) for (ds, opt), rt in tests.items() if ds == dataset}}
         grid_point = found["oracles"][found["oracle"]]["grid_point"]
         curves[dataset] = {}
         for name in [j.method for j in done if j.family is None] + [grid_point]:
@@ -292,6 +282,21 @@ def summarize_study(jobs: Sequence[Job], results: Mapping[tuple[str, str], dict]
     found = report(per_dataset, described, seeds=seeds, grid_seeds=grid_seeds,
                    confidence=confidence, seconds=seconds)
     return found, curves
+
+
+def finder_row(rt: Mapping) -> dict:
+    """A range test's entry in the report: its bounds and cost, and on its own curves the
+    other finders' suggestions (`finders.suggest_all`) next to clrpipe's constant rate and
+    CLR pair (the curves themselves are left out)."""
+    from clrpipe.pipeline.comparison.compare import suggested_constant_lr
+    from clrpipe.study.finders import suggest_all
+
+    row = {k: v for k, v in rt.items() if k not in ("optimizer", "curves")}
+    row["finders"] = {"clrpipe_constant": suggested_constant_lr((rt["base_lr"], rt["max_lr"])),
+                      "clrpipe_clr_pair": [rt["base_lr"], rt["max_lr"]],
+                      **{name: found["median"] for name, found in
+                         suggest_all(rt.get("curves", [])).items()}}
+    return row
 
 
 def _finite_mean(values: Sequence[float]) -> float | None:
@@ -342,6 +347,10 @@ def _interval(low, high, metric: str, signed: bool = False) -> str:
     return f"[{_score(low, metric, signed)}, {_score(high, metric, signed)}]"
 
 
+def _p(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _count(value) -> str:
     return "not reached" if value is None else f"{value:g}"
 
@@ -360,9 +369,11 @@ def markdown(found: dict) -> str:
     lines = [
         "# Study: range test + CLR against tuned and learning-rate-free optimizers", "",
         f"Datasets: {', '.join(found['datasets'])}. {found['seeds']} seeds per method, "
-        f"{found['grid_seeds']} per grid point of the oracle; {level} Student-t intervals; "
-        f"wins, ties and losses from the paired (by seed) {level} interval of the test score "
-        f"against the oracle. Whole study: {found['seconds']:.0f} s.", "",
+        f"{found['grid_seeds']} per grid point of the oracle. Test accuracy: {level} Wilson "
+        f"interval on the test rows; R²: {level} percentile bootstrap over seeds. Against the "
+        f"oracle: the paired (by seed) {level} bootstrap interval of the difference; wins, ties "
+        "and losses from its p-value, Holm-adjusted over each table's methods. Whole study: "
+        f"{found['seconds']:.0f} s.", "",
         "## Across datasets", "",
         "| method | mean rank | wins / ties / losses vs oracle | gap to oracle per dataset |",
         "|---|---:|---:|---|",
@@ -391,9 +402,9 @@ def markdown(found: dict) -> str:
             f"{_score(oracle['val_score'], metric)}); \"to oracle\" = validation within {tol} "
             "of it.", "",
             f"| method | seeds | test {unit} | {level} interval | gap to oracle | paired "
-            f"{level} interval | verdict | rank | compute (epochs) | epochs to oracle | "
+            f"{level} interval | p (Holm) | verdict | rank | compute (epochs) | epochs to oracle | "
             "seconds to oracle | learning rate(s) |",
-            "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",
+            "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",
         ]
         for name, row in res["methods"].items():
             seeds = f"{row['seeds']}" + (f" ({row['diverged']} diverged)" if row["diverged"]
@@ -404,9 +415,37 @@ def markdown(found: dict) -> str:
                 f"{_interval(row[f'test_{metric}_ci_low'], row[f'test_{metric}_ci_high'], metric)}"
                 f" | {_score(row['gap_to_oracle'], metric, True)} | "
                 f"{_interval(row['paired_ci_low'], row['paired_ci_high'], metric, True)} | "
-                f"{row['verdict']} | {row['rank']} | "
+                f"{_p(row.get('paired_p_holm'))} | {row['verdict']} | {row['rank']} | "
                 f"{_epochs(row['compute_epochs'])} | {_count(row['epochs_to_oracle'])} | "
                 f"{'not reached' if seconds is None else format(seconds, '.2f')} | "
                 f"{_rates(row['rates'])} |"
             )
+        lines += _finder_table(detail.get("range_tests", {}), res["oracles"])
     return "\n".join(lines) + "\n"
+
+
+FINDERS = {"clrpipe_constant": "clrpipe constant", "clrpipe_clr_pair": "clrpipe CLR pair",
+           "fastai_valley": "fastai valley", "fastai_minimum_div10": "fastai minimum/10",
+           "lightning_steepest_log": "Lightning steepest (log-LR, <= 2.5.2)",
+           "lightning_steepest_2_5_3": "Lightning steepest (>= 2.5.3)",
+           "torch_lr_finder_steepest": "torch-lr-finder steepest"}
+
+
+def _finder_table(tests: Mapping[str, dict], oracles: Mapping[str, dict]) -> list[str]:
+    """Per range test (optimizer), every finder's suggestion on its curves, and the tuned
+    oracle's rate of that optimizer's family for reference."""
+    found = {opt: rt["finders"] for opt, rt in tests.items() if "finders" in rt}
+    if not found:
+        return []
+    lines = ["", "Finder suggestions on the same sweeps (median over sweep seeds; the "
+             "oracle's rate for reference):", "",
+             "| sweep | oracle | " + " | ".join(FINDERS.values()) + " |",
+             "|---|" + "---:|" * (len(FINDERS) + 1)]
+    for opt, rules in found.items():
+        oracle = oracles.get(oracle_name(opt), {}).get("learning_rate")
+        cells = [("n/a" if rules.get(k) is None else
+                  " / ".join(f"{v:.3g}" for v in rules[k]) if isinstance(rules[k], list)
+                  else f"{rules[k]:.3g}") for k in FINDERS]
+        lines.append(f"| {opt} | {'—' if oracle is None else f'{oracle:.3g}'} | "
+                     + " | ".join(cells) + " |")
+    return lines

@@ -17,26 +17,14 @@ from typing import Any
 
 from clrpipe.errors import ClrpipeError, first_line
 from clrpipe.pipeline.comparison.compare import TrialOutcome
-from clrpipe.pipeline.params import ModelParams, RangeTestParams, StudyParams
+from clrpipe.pipeline.comparison.methods import build_optimizer, range_test_task
+from clrpipe.pipeline.params import ModelParams, StudyParams
 from clrpipe.pipeline.training import loop
 from clrpipe.pipeline.training.trial import SplitArrays
 from clrpipe.study import packed
 from clrpipe.study.core import Job
 
-__all__ = [
-    "build_optimizer", "range_test_task", "run_tasks", "schedule_of", "train_job_task",
-]
-
-
-def build_optimizer(name: str, learning_rate, model, *, momentum: float = 0.0,
-                    group_of=None, **options):
-    """`optimizers.build_optimizer` for `model`: Muon gets the model's output layers as its
-    AdamW-fallback exclusions (`optimizers.muon_exclusions`), as the benchmark applies it."""
-    from clrpipe import optimizers
-    if name == "muon" and "exclude_layers" not in options:
-        options["exclude_layers"] = optimizers.muon_exclusions(model, group_of)
-    return optimizers.build_optimizer(name, learning_rate, momentum=momentum,
-                                      group_of=group_of, **options)
+__all__ = ["run_tasks", "schedule_of", "train_job_task"]
 
 
 def schedule_of(job: Job, steps_per_epoch: int):
@@ -54,33 +42,6 @@ def schedule_of(job: Job, steps_per_epoch: int):
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def range_test_task(model_params: ModelParams, optimizer: str, config: RangeTestParams,
-                    batch_size: int, seed: int, momentum: float, options: dict,
-                    split: SplitArrays) -> dict[str, Any]:
-    """The range test of `optimizer` on the network built from `seed`: bounds and the batches
-    each sweep seed ran (its cost)."""
-    import keras
-
-    from clrpipe.pipeline.training.model import build_model
-    from clrpipe.range_test_runner import run_range_test
-
-    loop.limit_threads(1)
-    keras.backend.clear_session()
-    started = time.perf_counter()
-    model = build_model(model_params, split.x.shape[1], seed, split.output)
-    opt = build_optimizer(optimizer, float(config.min_lr), model, momentum=momentum,
-                          **options)
-    loop.compile_model(model, opt, output=split.output)
-    batch = min(batch_size, len(split.x) // 2)
-    result = run_range_test(model, split.x, split.y, config, batch_size=batch)
-    return {
-        "optimizer": optimizer, "base_lr": float(result.base_lr), "max_lr": float(result.max_lr),
-        "confident": bool(result.confident), "rule": result.rule, "batch_size": batch,
-        "steps": [len(a.curve.losses) for a in result.analyses],
-        "seconds": time.perf_counter() - started,
-    }
 
 
 def train_job_task(model_params: ModelParams, job: Job, momentum: float,
@@ -114,8 +75,8 @@ def train_job_task(model_params: ModelParams, job: Job, momentum: float,
         if "diverged" not in str(err):
             raise
         nan = math.nan
-        outcomes = [TrialOutcome(job.method, s, nan, nan, nan, (nan,), (0.0,), metric=score)
-                    for s in job.seeds]
+        outcomes = [TrialOutcome(job.method, s, nan, nan, nan, (nan,), (0.0,), metric=score,
+                                 test_rows=len(split.y_test)) for s in job.seeds]
         return {"job": job, "diverged": str(err), "outcomes": outcomes, "start_ms": started_ms,
                 "end_ms": _now_ms(), "seconds": 0.0}
     copies = len(job.seeds)
@@ -125,6 +86,7 @@ def train_job_task(model_params: ModelParams, job: Job, momentum: float,
         outcome = TrialOutcome(
             job.method, seed, test[score], test["loss"], history.epochs["loss"][-1],
             tuple(history.epochs[f"val_{score}"]), tuple(history.epoch_seconds), metric=score,
+            test_rows=len(split.y_test),
         )
         trials.append({"outcome": outcome, "history": history, "start_ms": started_ms,
                        "end_ms": result.epoch_end_ms[-1], "epoch_end_ms": result.epoch_end_ms,

@@ -23,12 +23,24 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from clrpipe.errors import ClrpipeError, first_line
+from clrpipe.optimizers import evaluation_weights
 from clrpipe.pipeline.comparison.compare import HGB, PlannedMethod, TrialOutcome
-from clrpipe.pipeline.params import PARAMS_FILE, HgbParams, ModelParams, RayParams, TrainCommon
+from clrpipe.pipeline.comparison.methods import build_optimizer, range_test_task
+from clrpipe.pipeline.params import (
+    PARAMS_FILE,
+    CompareParams,
+    HgbParams,
+    ModelParams,
+    RayParams,
+    TrainCommon,
+)
 from clrpipe.pipeline.training import loop
 from clrpipe.pipeline.training.trial import SplitArrays, train_trial
 
-__all__ = ["MAX_RETRIES", "TrialFailed", "hgb_trial", "network_trial", "run_trials", "start_ray"]
+__all__ = [
+    "MAX_RETRIES", "TrialFailed", "hgb_trial", "network_trial", "run_sweeps", "run_trials",
+    "start_ray",
+]
 
 MAX_RETRIES = 3
 """How often Ray reruns a trial whose worker or node died."""
@@ -66,25 +78,35 @@ def _prepare_worker(model_params: ModelParams, train: TrainCommon, split: SplitA
 
 def network_trial(model_params: ModelParams, train: TrainCommon, method: PlannedMethod,
                   name: str, seed: int, split: SplitArrays) -> dict[str, Any]:
-    """Ray task body: one network training; returns plain data for the driver to log."""
+    """Ray task body: one network training (SGD, or `method.optimizer` built by
+    `methods.build_optimizer`); returns plain data for the driver to log."""
     import keras
 
     _prepare_worker(model_params, train, split)
     keras.backend.clear_session()
     epoch_end_ms: list[int] = []
     started_ms = _now_ms()
+
+    def make_optimizer(schedule, model):
+        return build_optimizer(method.optimizer, schedule, model, momentum=train.momentum,
+                               **method.options)
+
     result = train_trial(
         model_params, train, method.schedule, epochs=method.epochs,
         batch_size=method.batch_size, seed=seed, split=split,
         on_epoch=lambda *_: epoch_end_ms.append(_now_ms()),
+        make_optimizer=None if method.optimizer == "sgd" else make_optimizer,
     )
     history, score = result.history, split.output.score
+    with evaluation_weights(result.model, result.model.optimizer):  # what it was scored with
+        weights = result.model.get_weights()
     outcome = TrialOutcome(
         name, seed, result.test[score], result.test["loss"], history.epochs["loss"][-1],
         tuple(history.epochs[f"val_{score}"]), tuple(history.epoch_seconds), metric=score,
+        test_rows=len(split.y_test),
     )
     return {"outcome": outcome, "history": history, "start_ms": started_ms,
-            "end_ms": epoch_end_ms[-1], "epoch_end_ms": epoch_end_ms}
+            "end_ms": epoch_end_ms[-1], "epoch_end_ms": epoch_end_ms, "weights": weights}
 
 
 def hgb_trial(hgb: HgbParams, seed: int, split: SplitArrays) -> dict[str, Any]:
@@ -116,6 +138,7 @@ def hgb_trial(hgb: HgbParams, seed: int, split: SplitArrays) -> dict[str, Any]:
     outcome = TrialOutcome(
         HGB, seed, float(model.score(split.x_test, split.y_test)), loss(split.x_test, split.y_test),
         loss(split.x, split.y), (val_score,), (seconds,), epochs=False, metric=output.score,
+        test_rows=len(split.y_test),
     )
     return {"outcome": outcome, "val_score": val_score,
             "iterations": int(model.n_iter_), "start_ms": started_ms, "end_ms": _now_ms()}
@@ -187,3 +210,34 @@ def run_trials(
         on_result(name, seed, out)
     order = {name: i for i, name in enumerate([*methods, HGB])}
     return sorted(outcomes, key=lambda o: (order[o.method], o.seed))
+
+
+def run_sweeps(ray, compare: CompareParams, model_params: ModelParams, train: TrainCommon,
+               split: SplitArrays) -> dict[str, dict]:
+    """The range test of every optimizer a chosen method takes a null rate from
+    (`compare.sweeps_needed`), each a Ray task on the first seed at the batch size of the first
+    method that uses it: per optimizer its bounds, steps and seconds."""
+    from clrpipe.pipeline.comparison.compare import sweeps_needed
+
+    needed = sweeps_needed(compare)
+    if not needed:
+        return {}
+    task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(range_test_task)
+    split_ref = ray.put(split)
+    refs = {}
+    for optimizer in needed:
+        first = next(m for m in compare.methods.values()
+                     if m.optimizer == optimizer and m.needs_sweep())
+        refs[optimizer] = task.remote(model_params, optimizer, compare.range_test[optimizer],
+                                      first.batch_size, compare.first_seed, train.momentum,
+                                      dict(first.options), split_ref)
+    found = {}
+    for optimizer, ref in refs.items():
+        try:
+            out = ray.get(ref)
+        except Exception as err:
+            raise ClrpipeError(f"compare: the range test of {optimizer} failed: "
+                               f"{first_line(getattr(err, 'cause', None) or err)}") from None
+        found[optimizer] = {k: v for k, v in out.items() if k not in ("optimizer", "curves")}
+    return found
+

@@ -1,11 +1,14 @@
-"""`champion` stage: the alias `champion` on the better trained model by validation score.
+"""`champion` stage: the alias `champion` on the best trained model by validation score.
 
-Reads `metrics/train_baseline.json` and `metrics/train_clr.json` (each names the version its
-stage registered), picks the higher final validation score (accuracy, or R² for regression; a
-tie keeps the baseline), and, with `registry.promote: true`, points `models:/<name>@champion`
-at it. Writes `metrics/champion.json` (the choice, both scores, the version, whether the alias
-moved) and logs it in the stage's MLflow run. With `registry.promote: false` the alias stays
-where it was and `clrpipe gate --promote` moves it on a passing gate.
+Candidates: `metrics/train_baseline.json`, `metrics/train_clr.json` and, when `compare` has run,
+the `champion_candidate` of `metrics/compare.json` (the comparison's best network by mean
+validation score, whatever its optimizer: SGD, Adam, schedule-free AdamW, Prodigy, Muon). Each
+names the model version its stage registered. The highest final validation score wins (accuracy,
+or R² for regression; a tie keeps the earlier: baseline, CLR, the comparison's), and with
+`registry.promote: true` `models:/<name>@champion` points at it. Writes `metrics/champion.json`
+(the choice, every candidate's score, the version, whether the alias moved) and logs it in the
+stage's MLflow run. With `registry.promote: false` the alias stays where it was and `clrpipe
+gate --promote` moves it on a passing gate.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from clrpipe.pipeline.tracking import registry, runs
 
 __all__ = ["CANDIDATES", "OUTPUT", "STAGES", "ChampionReads", "run"]
 
-CANDIDATES = ("train_baseline", "train_clr")
+CANDIDATES = ("train_baseline", "train_clr", "compare")
 OUTPUT = Path("metrics/champion.json")
+COMPARE = Path("metrics/compare.json")
 
 
 class ChampionReads(Reads):
@@ -38,28 +42,35 @@ STAGES = {"champion": ChampionReads}
 
 
 def _metrics(stage: str) -> dict:
+    """A candidate's metrics: a training stage's file, or compare's `champion_candidate`."""
     path = Path("metrics") / f"{stage}.json"
+    again = "clrpipe compare" if stage == "compare" else f"clrpipe train {stage[6:]}"
     if not path.is_file():
-        raise ClrpipeError(f"{path}: not found; run `clrpipe train {stage[6:]}` first")
+        raise ClrpipeError(f"{path}: not found; run `{again}` first")
     try:
         found = json.loads(path.read_text())
+        if stage == "compare":
+            found = found["champion_candidate"]
         next(k for k in found if k.startswith("final_val_"))
-    except (ValueError, StopIteration) as err:
+    except (ValueError, StopIteration, KeyError) as err:
         raise ClrpipeError(f"{path}: no final_val_<score> ({first_line(err) or 'missing'}); "
-                           f"rerun `clrpipe train {stage[6:]}`") from None
+                           f"rerun `{again}`") from None
     return found
 
 
 def run(cfg: DictConfig) -> dict:
     """Choose the champion, move the alias (`registry.promote`), write metrics/champion.json."""
     p = config.reads(cfg, ChampionReads)
-    found = {stage: _metrics(stage) for stage in CANDIDATES}
+    found = {stage: _metrics(stage) for stage in CANDIDATES
+             if stage != "compare" or COMPARE.is_file()}
     score = next(k for k in found[CANDIDATES[0]] if k.startswith("final_val_"))
-    best = max(CANDIDATES, key=lambda stage: found[stage].get(score, float("-inf")))
+    best = max(found, key=lambda stage: found[stage].get(score, float("-inf")))
     chosen = found[best]
     summary = {
         "stage": best, "score": score, "value": chosen[score],
-        "candidates": {stage: found[stage].get(score) for stage in CANDIDATES},
+        "candidates": {stage: found[stage].get(score) for stage in found},
+        "method": chosen.get("method", best.removeprefix("train_")),
+        "optimizer": chosen.get("optimizer", "sgd"),
         "registered_model": chosen.get("registered_model"),
         "model_version": chosen.get("model_version"), "promoted": False, "previous": None,
     }

@@ -1,11 +1,14 @@
 """`compare` stage: every method of `compare:` x seeds, and gradient boosting, trained on Ray.
 
+A method trains with SGD or another optimizer (Adam, schedule-free AdamW, Prodigy, Muon); a null
+rate comes from `metrics/range_test.json` (SGD) or the optimizer's own range test, run first.
 Trials run as Ray tasks (`comparison.parallel`); the driver logs each as a child run of this
 stage's MLflow run as its task returns (`runs.TrialRuns`). A failed trial gets a FAILED
 child run, the rest are cancelled, the stage run ends FAILED, trials that had finished are
 marked FAILED too, and no output file is written. Outputs, all or none: `metrics/compare.json`
 (per-method summary), `reports/compare.md`, `plots/compare/trials.csv` (one row per trial) and
-`plots/compare/{test_accuracy,val_accuracy,lr}.png`, also artifacts of the stage's run.
+`plots/compare/{test_accuracy,val_accuracy,lr}.png`, also artifacts of the stage's run, and
+the best network (`compare.champion_candidate`) in `models/compare.keras`, registered.
 """
 
 from __future__ import annotations
@@ -22,41 +25,50 @@ from omegaconf import DictConfig
 from clrpipe import plots
 from clrpipe.pipeline import config
 from clrpipe.pipeline.comparison import compare, parallel
-from clrpipe.pipeline.comparison.compare import HGB
 from clrpipe.pipeline.outputs import atomic_outputs
-from clrpipe.pipeline.params import CompareParams, ModelParams, Reads, SplitDir, TrainCommon
-from clrpipe.pipeline.tracking import runs
+from clrpipe.pipeline.params import (
+    CompareParams,
+    DataParams,
+    ModelParams,
+    Reads,
+    RegistryName,
+    SplitDir,
+    TrainCommon,
+)
+from clrpipe.pipeline.tracking import runs, serving
+from clrpipe.pipeline.training.model import build_model
 from clrpipe.pipeline.training.trial import load_split, range_test_bounds, split_arrays
 
 __all__ = ["STAGES", "CompareReads", "run"]
-
-
-class _Target(Reads):
-    target_score: float | None = None
 
 
 class CompareReads(Reads):
     """What `compare` reads from params.yaml."""
 
     compare: CompareParams
-    data: _Target
+    data: DataParams  # data.target_score, and the serving model's raw-row checks
     model: ModelParams
     train: TrainCommon
     split: SplitDir
+    registry: RegistryName
 
 
 STAGES = {"compare": CompareReads}
 METRICS = Path("metrics/compare.json")
 TABLE = Path("reports/compare.md")
 TRIALS_CSV = Path("plots/compare/trials.csv")
+MODEL = Path("models/compare.keras")
 FIGURES = ("test_accuracy", "val_accuracy", "lr")
 
 
 def run(cfg: DictConfig) -> dict:
     """Train every method x seed on Ray, log them, and write the comparison."""
     p = config.reads(cfg, CompareReads)
-    split = split_arrays(*load_split(p.split.dir), p.train.validation_fraction, p.train.seed)
-    methods = compare.plan(p.compare, range_test_bounds())
+    train_frame, test_frame, dataset = load_split(p.split.dir)
+    split = split_arrays(train_frame, test_frame, dataset, p.train.validation_fraction,
+                         p.train.seed)
+    bounds = range_test_bounds()
+    compare.plan(p.compare, bounds)  # every rate but the optimizers' own sweeps', checked early
     hgb = p.compare.hgb if compare.uses_hgb(p.compare) else None
     if hgb is None:
         compare.target_score(p.data.target_score, [], 0.0)  # a null target needs the reference
@@ -65,31 +77,41 @@ def run(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     ray = parallel.start_ray(p.compare.ray)
     try:
+        sweeps = parallel.run_sweeps(ray, p.compare, p.model, p.train, split)
+        methods = compare.plan(p.compare, bounds, {
+            name: (s["base_lr"], s["max_lr"]) for name, s in sweeps.items()})
         with runs.stage_run(cfg, "compare") as tracked, \
                 runs.TrialRuns(tracked).revoked_on_failure() as trials:
             lr_curves: dict[str, tuple] = {}
+            weights: dict[tuple[str, int], list] = {}
 
             def on_result(name: str, seed: int, out: dict) -> None:
-                if name != HGB:
+                if name != compare.HGB:
+                    weights[(name, seed)] = out.pop("weights")
                     lr_curves.setdefault(name, (out["history"].lr_steps,
                                                 out["history"].lr_values))
-                trials.finished(name, seed, _trial_params(name, seed, methods, hgb), out)
+                trials.finished(name, seed, compare.trial_params(name, seed, methods, hgb), out)
 
             try:
                 outcomes = parallel.run_trials(ray, methods, hgb, seeds, p.model, p.train,
                                                split, on_result)
             except parallel.TrialFailed as err:
-                trials.failed(err.name, err.seed, _trial_params(err.name, err.seed, methods, hgb),
-                              err.reason)
+                failed = compare.trial_params(err.name, err.seed, methods, hgb)
+                trials.failed(err.name, err.seed, failed, err.reason)
                 raise
             target = compare.target_score(p.data.target_score, outcomes, p.compare.target_margin)
             trials.log_targets(target)
             summaries = compare.summarize(outcomes, target, p.compare.confidence)
             report = compare.report(p.compare, methods, summaries, seeds,
-                                    time.perf_counter() - started, target)
+                                    time.perf_counter() - started, target, sweeps)
             figures = plots.compare_figures(summaries, outcomes,
                                             {n: lr_curves[n] for n in methods}, target)
-            _write_outputs(tracked, report, outcomes, figures)
+            pick, model = compare.champion_candidate(outcomes), None
+            if pick is not None:
+                model = build_model(p.model, split.x.shape[1], pick.seed, split.output)
+                model.set_weights(weights[(pick.method, pick.seed)])
+                report["champion_candidate"] = compare.candidate_entry(pick, methods)
+            _write_outputs(tracked, report, outcomes, figures, model, (p, dataset.name))
     finally:
         ray.shutdown()
     click.echo(
@@ -99,37 +121,30 @@ def run(cfg: DictConfig) -> dict:
     return report
 
 
-def _trial_params(name: str, seed: int, methods: dict, hgb) -> dict:
-    """A trial run's parameters: method, seed, and its schedule or boosting settings."""
-    values: dict = {"method": name, "seed": seed}
-    if name in methods:
-        method = methods[name]
-        spec = {k: v for k, v in method.schedule.model_dump().items() if v is not None}
-        values |= {"batch_size": method.batch_size, "epochs": method.epochs, "schedule": spec}
-    elif hgb is not None:
-        values |= {"hgb": hgb.model_dump()}
-    return values
-
-
-def _write_outputs(tracked, report: dict, outcomes, figures) -> None:
+def _write_outputs(tracked, report: dict, outcomes, figures, model, serve) -> None:
+    """Every output or none; the candidate network saved and, in a tracked run, logged as a
+    serving model and registered (`serve`: the params and the dataset's name)."""
     pngs = [Path("plots/compare") / f"{name}.png" for name in FIGURES]
-    trials = pd.DataFrame(
-        {"method": o.method, "seed": o.seed, f"test_{o.metric}": o.test_score,
-         "test_loss": o.test_loss, "final_loss": o.final_loss,
-         f"final_val_{o.metric}": o.val_score[-1], "train_seconds": sum(o.epoch_seconds)}
-        for o in outcomes
-    )
+    trials = pd.DataFrame(compare.trial_row(o) for o in outcomes)
     metrics = {k: v for k, v in report.items() if k != "table"}
     tracked.log_metrics({
         key: value for key, value in config.flatten(metrics["methods"]).items()
         if value is not None and not (isinstance(value, float) and math.isnan(value))
     })
-    with atomic_outputs(METRICS, TABLE, TRIALS_CSV, *pngs) as temps:
-        metrics_tmp, table_tmp, trials_tmp, *png_tmps = temps
+    saved = [MODEL] if model is not None else []
+    with atomic_outputs(METRICS, TABLE, TRIALS_CSV, *pngs, *saved) as temps:
+        metrics_tmp, table_tmp, trials_tmp, *png_tmps = temps[:3 + len(pngs)]
+        if model is not None:
+            model.save(temps[-1])
+            if tracked.active:
+                p, name = serve
+                metrics["champion_candidate"].update(serving.log_serving_model(
+                    temps[-1], serving.fitted_preprocessing(p.split.dir, p.data),
+                    p.registry.model_name(name), name, "compare"))
         metrics_tmp.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
         table_tmp.write_text(compare.report_markdown(report))
         trials.to_csv(trials_tmp, index=False)
         for name, tmp in zip(FIGURES, png_tmps, strict=True):
             tmp.write_bytes(plots.png_bytes(figures[name]))
         tracked.log_files({final: tmp for final, tmp in zip(
-            [METRICS, TABLE, TRIALS_CSV, *pngs], temps, strict=True)}, "compare")
+            [METRICS, TABLE, TRIALS_CSV, *pngs], temps, strict=False)}, "compare")

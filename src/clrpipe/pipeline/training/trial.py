@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -148,9 +149,11 @@ def train_trial(
     split: SplitArrays,
     bounds: tuple[float, float] | None = None,
     on_epoch: Callable[[int, dict, float], None] | None = None,
+    make_optimizer: Callable[[Any, keras.Model], keras.Optimizer] | None = None,
 ) -> TrialResult:
     """Build the network from `seed`, train it with SGD on the schedule `spec` (null rates
-    filled from `bounds`), and evaluate it on the test set."""
+    filled from `bounds`), or with `make_optimizer(schedule, model)`'s optimizer, and evaluate
+    it on the test set (under the optimizer's evaluation weights)."""
     schedule = schedules.build_schedule(spec, len(split.x), batch_size, bounds=bounds,
                                         epochs=epochs)
     model = build_model(model_params, split.x.shape[1], seed, split.output)
@@ -158,7 +161,8 @@ def train_trial(
         refuse_what_tfa_cannot(train, spec, model_params, split.output)
         return _tfa_trial(model, schedule, model_params, train, epochs=epochs,
                           batch_size=batch_size, seed=seed, split=split, on_epoch=on_epoch)
-    optimizer = schedules.build_sgd(schedule, spec, momentum=train.momentum)
+    optimizer = (schedules.build_sgd(schedule, spec, momentum=train.momentum)
+                 if make_optimizer is None else make_optimizer(schedule, model))
     loop.compile_model(model, optimizer, train.steps_per_execution, train.jit_compile,
                            split.output)
     started = time.perf_counter()
