@@ -103,7 +103,10 @@ __all__ = [
     "store_uri",
 ]
 
-for _chatty in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database ..."
+# "Creating initial MLflow database ...", and logging a model in a uv project: "Detected uv
+# project ...", "Copied uv.lock to model artifacts" (MLflow 3.17, INFO): a stage that succeeds
+# prints nothing from MLflow; warnings and errors still show.
+for _chatty in ("mlflow.store.db.utils", "alembic", "mlflow.utils.uv_utils"):
     logging.getLogger(_chatty).setLevel(logging.WARNING)
 
 PIPELINE_TAG = "clrpipe.pipeline"
