@@ -579,6 +579,12 @@ def _reason(err: BaseException, seconds: float | None = None) -> str:
         return f"no answer within {waited} s{tries}"
     if "Name or service not known" in text or "nodename nor servname" in text:
         return "unknown host"
+    if "error code 401" in text:  # MLflow's basic-auth app: no or wrong credentials
+        return ("the server refused the credentials (HTTP 401); set MLFLOW_TRACKING_USERNAME "
+                "and MLFLOW_TRACKING_PASSWORD to a user of this server")
+    if "error code 403" in text:
+        return ("the user has no permission here (HTTP 403); ask the server's admin for one "
+                "(MLFLOW_TRACKING_USERNAME names the user)")
     line = first_line(err)
     line = re.sub(r"^\((\w+\.)*\w+\)\s*", "", line)  # "(sqlite3.OperationalError) ..."
     return line.split(" [SQL:", 1)[0][:300]
