@@ -286,13 +286,13 @@ def test_parallel_stages_on_a_fresh_store_all_finish(tiny):
         assert "already exists" not in stderr and "locked" not in stderr, stderr
         assert "Traceback" not in stderr, stderr
     client = store(tiny)
-    runs = stage_runs(client)
-    assert sorted(r.data.tags[runs.STAGE_TAG] for r in runs) == [
+    found = stage_runs(client)
+    assert sorted(r.data.tags[runs.STAGE_TAG] for r in found) == [
         f"parallel_{i}" for i in range(count)
     ]
-    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.info.status == "FINISHED" for r in found)
     assert [e.name for e in client.search_experiments()] == ["clrpipe", "Default"]
-    parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    parents = {r.data.tags["mlflow.parentRunId"] for r in found}
     assert len(parents) == 1  # one pipeline parent: find-or-create ran under the lock too
 
 
