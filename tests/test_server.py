@@ -161,3 +161,38 @@ def test_a_wrong_password_fails_in_one_line(team_server, trained_project, monkey
         running = client.search_runs([experiment.experiment_id],
                                      filter_string="attributes.status = 'RUNNING'")
         assert running == []
+
+
+@pytest.mark.parametrize(("args", "env", "expected"), [
+    (["--backend-store-uri", "mlflow.db"], {},
+     "error: --backend-store-uri 'mlflow.db': expected a database URI"),
+    (["--backend-store-uri", "postgresql://u@127.0.0.1/m", "--auth"], {},
+     "error: --auth: set MLFLOW_AUTH_ADMIN_PASSWORD"),
+])
+def test_bad_server_input_is_one_line_and_writes_nothing(tmp_path, args, env, expected):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("clrpipe")), "server", *args,
+         "--artifacts-destination", str(tmp_path / "artifacts")],
+        cwd=tmp_path, env={**clean, **env}, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith(expected), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_server_command_binds_locally_and_names_psycopg2(tmp_path, monkeypatch):
+    from clrpipe.pipeline.tracking.server import server_command
+
+    monkeypatch.chdir(tmp_path)
+    argv, env = server_command("postgresql://u@db/m", str(tmp_path / "a"), "127.0.0.1", 5000, 2,
+                               auth=True, auth_db=None,
+                               environ={"MLFLOW_AUTH_ADMIN_PASSWORD": "x"})
+    assert argv[argv.index("--backend-store-uri") + 1] == "postgresql+psycopg2://u@db/m"
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert "--serve-artifacts" in argv and argv[-2:] == ["--app-name", "basic-auth"]
+    ini = (tmp_path / "mlflow_auth.ini").read_text()
+    assert env["MLFLOW_AUTH_CONFIG_PATH"] == str(tmp_path / "mlflow_auth.ini")
+    assert f"database_uri = sqlite:///{tmp_path / 'mlflow_auth.db'}" in ini
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"]
