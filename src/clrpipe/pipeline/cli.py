@@ -109,6 +109,31 @@ def predict(model_uri: str, input_path: Path, output_path: Path,
     _guarded(lambda: serving.predict_file(overrides, model_uri, input_path, output_path))
 
 
+@main.command()
+@click.option("--backend-store-uri", required=True, metavar="URI",
+              help="The runs' database, e.g. postgresql://user:pw@127.0.0.1:5432/mlflow.")
+@click.option("--artifacts-destination", required=True, metavar="URI",
+              help="Where the server stores the artifacts it proxies (a folder, s3://...).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=int)
+@click.option("--auth", is_flag=True,
+              help="MLflow's basic-auth app (admin password: $MLFLOW_AUTH_ADMIN_PASSWORD).")
+@click.option("--auth-db", metavar="URI", help="The auth app's user store "
+              "(default: sqlite:///mlflow_auth.db in the working directory).")
+def server(backend_store_uri: str, artifacts_destination: str, host: str, port: int,
+           workers: int, auth: bool, auth_db: str | None) -> None:
+    """A team's MLflow tracking server: a database store, proxied artifacts, optional auth."""
+    from clrpipe.pipeline.tracking.server import server_command
+    try:
+        argv, env = server_command(backend_store_uri, artifacts_destination, host, port,
+                                   workers, auth, auth_db)
+    except ClrpipeError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    os.execve(argv[0], argv, env)
+
+
 def _guarded(call) -> None:
     """Run a command's body: a ClrpipeError is its one line on stderr and exit code 1."""
     try:

@@ -47,11 +47,9 @@ the host, pid and process start time of its process, and a stage opening a run f
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -62,7 +60,6 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import mlflow
 from mlflow.entities import Metric, Param
@@ -75,27 +72,24 @@ from clrpipe.errors import ClrpipeError, first_line
 from clrpipe.pipeline.config import PARAMS_FILE, flatten, project_root, real_path
 from clrpipe.pipeline.outputs import uninterruptible
 from clrpipe.pipeline.params import TrackingParams
+from clrpipe.pipeline.tracking import store
 
 __all__ = [
     "ABANDONED",
-    "ARTIFACTS_FOLDER",
     "BUFFER_SECONDS",
     "ERROR_TAG",
     "HOST_TAG",
     "HTTP_DEFAULTS",
-    "LOCK_TIMEOUT",
     "MODEL_PACKAGES",
     "PID_NAMESPACE_TAG",
     "PID_TAG",
     "PIPELINE_TAG",
-    "PROBE_TIMEOUT",
     "PROCESS_START_TAG",
     "STAGE_TAG",
     "STARTED_TAG",
     "TRIAL_TAG",
     "StageRun",
     "TrialRuns",
-    "artifact_location",
     "git_commit",
     "model_requirements",
     "resolve_uri",
@@ -103,7 +97,10 @@ __all__ = [
     "store_uri",
 ]
 
-for _chatty in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database ..."
+# "Creating initial MLflow database ...", and logging a model in a uv project: "Detected uv
+# project ...", "Copied uv.lock to model artifacts" (MLflow 3.17, INFO): a stage that succeeds
+# prints nothing from MLflow; warnings and errors still show.
+for _chatty in ("mlflow.store.db.utils", "alembic", "mlflow.utils.uv_utils"):
     logging.getLogger(_chatty).setLevel(logging.WARNING)
 
 PIPELINE_TAG = "clrpipe.pipeline"
@@ -116,15 +113,12 @@ PROCESS_START_TAG = "clrpipe.process_start"  # /proc/<pid>/stat start time: tell
 PID_NAMESPACE_TAG = "clrpipe.pid_namespace"  # boot id + pid namespace the pid belongs to
 STARTED_TAG = "clrpipe.started"
 ABANDONED = "abandoned: process ended without closing the run"
-ARTIFACTS_FOLDER = "mlartifacts"
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
-PROBE_TIMEOUT = (3.0, 5.0)  # connect, read: the one /health request at stage start
-LOCK_TIMEOUT = 120.0  # seconds to wait for another process creating the store
 
 
 def store_uri(configured: str, environ: Mapping[str, str] = os.environ) -> str:
@@ -331,7 +325,7 @@ def stage_run(cfg: DictConfig, stage: str) -> Iterator[StageRun]:
                     client.set_terminated(parent_id, "FINISHED")
         except BaseException as err:
             interrupted = isinstance(err, KeyboardInterrupt)
-            lost = _server_lost(uri, timeout=(2.0, 2.0))  # it had its retries already
+            lost = store.server_lost(uri, timeout=(2.0, 2.0))  # it had its retries already
             status = "KILLED" if interrupted else "FAILED"
             with uninterruptible():
                 if lost is None:
@@ -341,19 +335,20 @@ def stage_run(cfg: DictConfig, stage: str) -> Iterator[StageRun]:
                     _quietly(mlflow.end_run, status)
                     _quietly(client.set_terminated, parent_id, status)
                 else:  # no more waiting on the server: only drop MLflow's active run, which
-                    with _fail_fast():  # end_run pops before its one quick, failing request
+                    with store.fail_fast():  # end_run pops before its one quick, failing request
                         _quietly(mlflow.end_run, status)
             if interrupted or isinstance(err, ClrpipeError):
                 raise
             if lost is not None:
-                why = _reason(err) if _is_store_error(err) else lost  # the call's, not the probe's
+                # the call's reason, not the probe's
+                why = store.reason(err) if store.is_store_error(err) else lost
                 raise ClrpipeError(
                     f"tracking server {uri} stopped answering during stage '{stage}' ({why}); "
                     f"its run {run_id} stays RUNNING there until the next stage on this host "
                     "marks it abandoned"
                 ) from err
-            if _is_store_error(err):
-                raise ClrpipeError(f"tracking store {uri}: {_reason(err)}") from err
+            if store.is_store_error(err):
+                raise ClrpipeError(f"tracking store {uri}: {store.reason(err)}") from err
             raise
 
 
@@ -362,14 +357,14 @@ def _open_run(
 ) -> tuple[MlflowClient, str, str]:
     """Client, parent run id and the new stage run's id; any store failure is one
     ClrpipeError line naming the store."""
-    _check_server(uri)
+    store.check_server(uri)
     try:
-        with _store_lock(uri), _quiet_logger("mlflow.store.db.utils"):
+        with store.store_lock(uri), _quiet_logger("mlflow.store.db.utils"):
             client = MlflowClient(uri)
             if parent_id:
                 experiment_id = client.get_run(parent_id).info.experiment_id
             else:
-                experiment_id = _experiment_id(client, experiment, uri)
+                experiment_id = store.experiment_id(client, experiment, uri)
                 parent_id = _pipeline_parent(client, experiment_id)
             _close_abandoned(client, experiment_id)
             tags = {
@@ -384,9 +379,9 @@ def _open_run(
     except ClrpipeError:
         raise
     except Exception as err:
-        if (lost := _server_lost(uri)) is not None:
-            raise ClrpipeError(_unreachable(uri, lost)) from err
-        raise ClrpipeError(f"tracking store {uri}: {_reason(err)}") from err
+        if (lost := store.server_lost(uri)) is not None:
+            raise ClrpipeError(store.unreachable(uri, lost)) from err
+        raise ClrpipeError(f"tracking store {uri}: {store.reason(err)}") from err
     return client, parent_id, run_id
 
 
@@ -421,172 +416,6 @@ def _environment_kept(name: str) -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = before
-
-
-# --- the store: SQLite file + lock, or a tracking server ----------------------------------
-
-
-def _sqlite_file(uri: str) -> Path | None:
-    """The database file of an absolute `sqlite:////path.db` URI, else None."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = unquote(uri[len("sqlite:///"):].split("?", 1)[0])
-    return Path(path) if path.startswith("/") else None
-
-
-def artifact_location(uri: str, experiment: str) -> str | None:
-    """Where a new experiment's artifacts go: beside a SQLite store, else the server's choice."""
-    db = _sqlite_file(uri)
-    if db is None:
-        return None
-    return str(db.parent / ARTIFACTS_FOLDER / re.sub(r"[^\w.-]+", "_", experiment))
-
-
-@contextlib.contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
-    """For a SQLite store, hold an exclusive fcntl lock on `<db>.lock` (creating the store's
-    tables and its Default experiment on first use while holding it)."""
-    db = _sqlite_file(uri)
-    if db is None:
-        yield
-        return
-    if not db.parent.is_dir():
-        raise ClrpipeError(f"tracking store {uri}: folder {db.parent} does not exist")
-    lock = db.with_name(db.name + ".lock")
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as err:
-        raise ClrpipeError(f"tracking store {uri}: cannot create {lock}: {err.strerror}") from err
-    try:
-        deadline = time.monotonic() + LOCK_TIMEOUT
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ClrpipeError(
-                        f"tracking store {uri}: {lock} still locked by another process after "
-                        f"{LOCK_TIMEOUT:.0f} s"
-                    ) from None
-                time.sleep(0.05)
-        if not db.is_file() or db.stat().st_size == 0:
-            _create_store(uri, db)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _create_store(uri: str, db: Path) -> None:
-    """Tables and the Default experiment, with artifacts beside the db (MLflow would put the
-    Default experiment's under the creating process's ./mlruns)."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    store = SqlAlchemyStore(uri, str(db.parent / ARTIFACTS_FOLDER))
-    store.engine.dispose()
-
-
-def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location(uri, name))
-    except MlflowException as err:  # created meanwhile by another process (server stores)
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise ClrpipeError(
-                f"tracking store {uri}: cannot create experiment '{name}': {_reason(err)}"
-            ) from err
-        return experiment.experiment_id
-
-
-def _is_http(uri: str) -> bool:
-    return urlsplit(uri).scheme in ("http", "https")
-
-
-def _check_server(uri: str) -> None:
-    """A tracking server that does not answer fails the stage now, in one line."""
-    if _is_http(uri) and (lost := _server_lost(uri)) is not None:
-        raise ClrpipeError(_unreachable(uri, lost))
-
-
-def _server_lost(uri: str, timeout: tuple[float, float] = PROBE_TIMEOUT) -> str | None:
-    """For a tracking server that cannot be reached, why (one try, a few seconds); else None.
-    Any HTTP answer, even an error status, means it is there."""
-    if not _is_http(uri):
-        return None
-    import requests
-
-    try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout).close()
-    except requests.RequestException as err:
-        return _reason(err, seconds=max(timeout))
-    return None
-
-
-def _unreachable(uri: str, why: str) -> str:
-    parts = urlsplit(uri)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    db = project_root() / "mlflow.db"
-    return (
-        f"tracking server {uri} is not reachable ({why}); start one with `mlflow server "
-        f"--backend-store-uri sqlite:///{db} --host {parts.hostname} --port {port}`, or set "
-        "tracking.uri (or $MLFLOW_TRACKING_URI) to sqlite:///mlflow.db"
-    )
-
-
-@contextlib.contextmanager
-def _fail_fast() -> Iterator[None]:
-    """MLflow HTTP calls with one attempt and a 1 s timeout (after the server was lost; else
-    its atexit hook would end the active run with the full retries on the way out)."""
-    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "1"}
-    before = {name: os.environ.get(name) for name in quick}
-    os.environ.update(quick)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def _is_store_error(err: BaseException) -> bool:
-    import requests
-    import sqlalchemy
-
-    return isinstance(
-        err, MlflowException | requests.RequestException | sqlalchemy.exc.SQLAlchemyError
-    )
-
-
-def _reason(err: BaseException, seconds: float | None = None) -> str:
-    """A short why for a store or connection failure (`seconds`: the timeout that applied,
-    else MLflow's per-request one)."""
-    text = " ".join(str(e) for e in _chain(err))
-    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
-    retried = "API request to" in text and "Max retries exceeded" in text  # MLflow's client
-    tries = f" after {retries} retries" if retried and retries else ""
-    if "Connection refused" in text:
-        return f"connection refused{tries}"
-    if "timed out" in text.lower() or "timeout" in text.lower():
-        waited = f"{seconds:g}" if seconds else os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "?")
-        return f"no answer within {waited} s{tries}"
-    if "Name or service not known" in text or "nodename nor servname" in text:
-        return "unknown host"
-    line = first_line(err)
-    line = re.sub(r"^\((\w+\.)*\w+\)\s*", "", line)  # "(sqlite3.OperationalError) ..."
-    return line.split(" [SQL:", 1)[0][:300]
-
-
-def _chain(err: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    while err is not None and err not in seen:
-        seen.append(err)
-        err = err.__cause__ or err.__context__
-    return seen
 
 
 # --- the parent run ------------------------------------------------------------------------
