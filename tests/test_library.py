@@ -59,8 +59,9 @@ def test_import_clrpipe_loads_nothing_heavy_and_names_load_on_use():
         "assert not heavy and t < 1.0, (heavy, t)\n"
         "assert sorted(clrpipe.__all__) == sorted(clrpipe._LAZY)\n"
         "from clrpipe import lr_range_test, CyclicalLearningRate, OneCycleLearningRate, LRFinder\n"
-        "assert 'keras' in sys.modules and 'mlflow' not in sys.modules\n"
-        "assert 'dvc' not in sys.modules and 'ray' not in sys.modules\n"
+        "assert 'keras' in sys.modules\n"
+        "extras = [m for m in ('mlflow', 'dvc', 'ray', 'hydra') if m in sys.modules]\n"
+        "assert not extras, extras  # (TensorFlow itself loads pandas, scipy, matplotlib)\n"
         "assert lr_range_test.__doc__ and '```python' in lr_range_test.__doc__\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)

@@ -9,12 +9,13 @@ and cut into `batch_size` batches; a `keras.utils.PyDataset`, whose batches are 
 per-seed random order (its `on_epoch_*` hooks are not called and its workers are not used); or
 a `tf.data.Dataset`, read in its own order (a fresh iterator per seed, repeated when exhausted).
 
-Steps: a model whose `train_step` is Keras's own is swept by a step that is Keras's
-`train_step` without the metric updates (same forward pass, same `compute_loss`, same
-gradients: bit-identical weights, tested) and returns the batch loss. A model with its own
-`train_step` is swept through it: the clone optimizer is put in `model.optimizer` for the
-sweep, the model's metrics are reset before each batch and the batch loss is the `"loss"` its
-`train_step` returns.
+Steps (`clrpipe._backend`), on TensorFlow: a model whose `train_step` is Keras's own is swept by
+a step that is Keras's `train_step` without the metric updates (same forward pass, same
+`compute_loss`, same gradients: bit-identical weights, tested) and returns the batch loss. A
+model with its own `train_step` is swept through it: the clone optimizer is put in
+`model.optimizer` for the sweep, the model's metrics are reset before each batch and the batch
+loss is the `"loss"` its `train_step` returns. On JAX and PyTorch every model is swept through
+Keras's own compiled train function (`train_on_batch`), with the same isolation.
 
 Isolation is the point: when `run_range_test` returns (or raises), the model's variables
 (weights, non-trainable state, dropout seed-generator states), its metrics' state, its
@@ -33,9 +34,8 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from clrpipe import keras_private
+from clrpipe import _backend, keras_private
 from clrpipe.errors import ClrpipeError
 from clrpipe.range_test import Curve, DivergenceMonitor, RangeTestResult, analyse, lr_schedule
 from clrpipe.settings import RangeTestParams
@@ -50,6 +50,7 @@ def preserved_state(model: keras.Model, *optimizers: Any) -> Iterator[None]:
     model_values = [v.numpy() for v in model.variables]
     metric_values = [(v, v.numpy()) for v in _metric_variables(model)]
     model_opt = getattr(model, "optimizer", None)
+    train_function = getattr(model, "train_function", None)
     opt_values = [[v.numpy() for v in o.variables] for o in optimizers if o is not None]
     np_state, py_state = np.random.get_state(), random.getstate()
     gen = keras_private.global_seed_generator()
@@ -59,6 +60,8 @@ def preserved_state(model: keras.Model, *optimizers: Any) -> Iterator[None]:
     finally:
         if hasattr(model, "optimizer"):
             model.optimizer = model_opt
+        if hasattr(model, "train_function"):
+            model.train_function = train_function
         for var, value in zip(model.variables, model_values, strict=True):
             var.assign(value)
         for metric in getattr(model, "metrics", []):
@@ -176,10 +179,8 @@ def sweep(
         opt.build(model.trainable_variables)
         if use_train_step:
             model.optimizer = opt
-            train_step = _train_step_fn(model)
-        else:
-            train_step = _fast_step_fn(model, opt, loss_fn)
-        eval_step = _eval_step_fn(model, loss_fn) if use_val else None
+        train_step = _backend.train_step_fn(model, opt, loss_fn, use_train_step)
+        eval_step = _backend.eval_step_fn(model, loss_fn) if use_val else None
         model_init = [v.numpy() for v in model.variables]
         opt_init = [v.numpy() for v in opt.variables]
         seed_vars = [v for v in model.variables if v.name == "seed_generator_state"]
@@ -228,74 +229,6 @@ def _sweep_one(seed, batches, lrs, config, opt, train_step, eval_step, acc_fn, v
         val_loss=np.array(val_loss),
         val_accuracy=np.array(val_acc) if acc_fn is not None and val is not None else None,
     )
-
-
-# Steps ------------------------------------------------------------------------------------
-
-
-def _maybe_jit(model, fn):
-    if getattr(model, "run_eagerly", False):
-        return fn
-    return tf.function(fn, jit_compile=bool(getattr(model, "jit_compile", False)),
-                       reduce_retracing=True)
-
-
-def _fast_step_fn(model, opt, loss_fn):
-    """Keras's TF `train_step` without the metrics (or with `loss_fn` instead of the compiled
-    loss): returns the batch loss."""
-    training_arg = keras_private.call_has_training_arg(model)
-
-    def step(data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            y_pred = model(x, training=True) if training_arg else model(x)
-            if loss_fn is None:
-                value = keras_private.compute_loss(model, x, y, y_pred, sample_weight, True)
-            else:
-                value = loss_fn(y, y_pred)
-                if model.losses:
-                    value = value + tf.add_n(model.losses)
-            scaled = opt.scale_loss(value)
-        weights = model.trainable_weights
-        grads = tape.gradient(scaled, weights)
-        opt.apply_gradients(zip(grads, weights, strict=True))
-        return value
-
-    compiled = _maybe_jit(model, step)
-    return lambda data: float(compiled(data))
-
-
-def _train_step_fn(model):
-    """The model's own `train_step` (with `model.optimizer` already the clone); metrics reset
-    before each batch so the returned "loss" is that batch's."""
-    compiled = _maybe_jit(model, model.train_step)
-
-    def run(data):
-        model.reset_metrics()
-        logs = compiled(data)
-        if not isinstance(logs, dict) or "loss" not in logs:
-            keys = sorted(logs) if isinstance(logs, dict) else type(logs).__name__
-            raise ClrpipeError(
-                f"range_test: the model's train_step must return a dict with a 'loss' entry, "
-                f"got {keys}"
-            )
-        return float(logs["loss"])
-
-    return run
-
-
-def _eval_step_fn(model, loss_fn):
-    training_arg = keras_private.call_has_training_arg(model)
-
-    def step(xv, yv):
-        pred = model(xv, training=False) if training_arg else model(xv)
-        if loss_fn is None:
-            value = keras_private.compute_loss(model, xv, yv, pred, None, False)
-        else:
-            value = loss_fn(yv, pred)
-        return value, pred
-
-    return _maybe_jit(model, step)
 
 
 # Inputs -----------------------------------------------------------------------------------
@@ -376,13 +309,14 @@ def _as_tuple(batch):
 
 
 def _source(x, y, batch_size, out_dim):
-    if isinstance(x, tf.data.Dataset | keras.utils.PyDataset):
-        kind = "tf.data.Dataset" if isinstance(x, tf.data.Dataset) else "PyDataset"
+    tf_data = _backend.is_tf_dataset(x)
+    if tf_data or isinstance(x, keras.utils.PyDataset):
+        kind = "tf.data.Dataset" if tf_data else "PyDataset"
         if y is not None:
             raise ClrpipeError(f"y: must be None when x is a {kind} (it yields (x, y) batches)")
         if batch_size is not None:
             raise ClrpipeError(f"batch_size: must be None when x is a {kind} (it is batched)")
-        return _TFDataset(x) if isinstance(x, tf.data.Dataset) else _PyDataset(x)
+        return _TFDataset(x) if tf_data else _PyDataset(x)
     return _Arrays(x, y, batch_size, out_dim)
 
 
@@ -423,7 +357,7 @@ def _loss_callable(loss_obj):
         return fn
     if fn is None or not callable(fn):
         raise ClrpipeError(f"range_test: unknown loss {loss_obj!r}")
-    return lambda yt, yp: tf.reduce_mean(fn(yt, yp))
+    return lambda yt, yp: keras.ops.mean(fn(yt, yp))
 
 
 def _loss_name(loss_obj) -> str:

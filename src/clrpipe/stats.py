@@ -1,4 +1,6 @@
-"""Small statistics shared by the range test and the comparison. Pure: numpy and scipy only.
+"""Small statistics shared by the range test and the comparison. Pure: numpy and scipy only
+(scipy imported by the intervals only: the range test needs `median`, and scipy is not a
+dependency of the library, only of `clrpipe[pipeline]`).
 
 Intervals are scipy's: the Student-t interval of a mean is `ttest_1samp(...).confidence_interval`
 and the Welch interval of a difference of means is `ttest_ind(..., equal_var=False)`'s.
@@ -13,7 +15,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import stats
 
 __all__ = ["Interval", "difference_interval", "median", "t_interval"]
 
@@ -42,6 +43,8 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
         return Interval(mean, None, None, 1)
     if np.ptp(x) == 0:
         return Interval(mean, mean, mean, int(x.size))
+    from scipy import stats
+
     with warnings.catch_warnings():  # near-equal values: scipy warns of precision loss
         warnings.simplefilter("ignore", RuntimeWarning)
         found = stats.ttest_1samp(x, 0.0).confidence_interval(confidence)
@@ -59,6 +62,8 @@ def difference_interval(
         return Interval(diff, None, None, n)
     if np.ptp(xa) == 0 and np.ptp(xb) == 0:
         return Interval(diff, diff, diff, n)
+    from scipy import stats
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         found = stats.ttest_ind(xa, xb, equal_var=False).confidence_interval(confidence)
