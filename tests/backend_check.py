@@ -90,6 +90,27 @@ for name, data in (("arrays", (X, Y)), ("PyDataset", (Batches(),))):
     same(state(untouched)[:2] + state(tested)[2:], state(tested))
     results[name] = (result.base_lr, result.max_lr)
 
+from clrpipe.errors import ClrpipeError  # noqa: E402
+
+misuse, _ = model_pair()
+fresh = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2, activation="softmax")])
+bad_x = X.copy()
+bad_x[3, 1] = np.nan
+for call, first in (
+    (lambda: lr_range_test(misuse, X[:, :5], Y), "x: expected rows of shape (n, 8)"),
+    (lambda: lr_range_test(fresh, X, Y), "model: not compiled"),
+    (lambda: lr_range_test(misuse, X, Y, min_lr=1.0, max_lr=0.1), "min_lr: expected < "),
+    (lambda: lr_range_test(misuse, X, Y, min_lr=-1.0), "min_lr: expected > 0"),
+    (lambda: lr_range_test(misuse, bad_x, Y), "x: expected finite values, found 1"),
+    (lambda: lr_range_test(misuse, X, np.full(len(Y), np.inf, "float32")), "y: expected finite"),
+):
+    try:
+        call()
+    except ClrpipeError as err:
+        assert str(err).startswith(first) and "\n" not in str(err), (first, str(err))
+    else:
+        raise AssertionError(f"no error: {first}")
+
 diverging, _ = model_pair(lambda: keras.optimizers.SGD(0.01))
 steps = [len(a.curve.losses) for a in lr_range_test(
     diverging, X, Y, batch_size=32, num_steps=200, min_lr=1e-3, max_lr=1e4, seeds=1).analyses]

@@ -144,12 +144,12 @@ def sweep(
     """Record one raw `Curve` per seed (no analysis); the model is left untouched."""
     if not model.built or not model.variables:
         raise ClrpipeError(
-            "range_test: model is not built; give it a keras.Input, call model.build(shape) "
+            "model: not built; give it a keras.Input, call model.build(shape) "
             "or call it on a batch first"
         )
     user_opt = optimizer if optimizer is not None else getattr(model, "optimizer", None)
     if user_opt is None:
-        raise ClrpipeError("range_test: no optimizer; compile the model or pass optimizer=")
+        raise ClrpipeError("model: not compiled (no optimizer); compile it or pass optimizer=")
     if step not in ("auto", "fast", "train_step"):
         raise ClrpipeError(f"step: expected auto, fast or train_step, got {step!r}")
     custom = has_custom_train_step(model)
@@ -159,17 +159,22 @@ def sweep(
     if loss is not None and use_train_step:
         raise ClrpipeError("loss: the sweep goes through the model's train_step, which uses "
                            "the compiled loss; compile the model with it instead")
+    if not _backend.is_tensorflow() and not getattr(model, "compiled", False):
+        raise ClrpipeError("model: not compiled; call model.compile(optimizer=..., loss=...) "
+                           "first")
     compiled_loss = getattr(model, "loss", None)
     if loss is None and compiled_loss is None and not custom:
-        raise ClrpipeError("range_test: no loss; compile the model with one or pass loss=")
+        raise ClrpipeError("model: not compiled (no loss); compile it with one or pass loss=")
     out_dim = _out_dim(model)
-    source = _source(x, y, batch_size, out_dim if loss is not None else None)
+    source = _source(model, x, y, batch_size, out_dim if loss is not None else None)
     use_val = x_val is not None and config.val_every > 0
     val = None
     if use_val:
         if loss is None and compiled_loss is None:
             raise ClrpipeError("validation: needs a compiled loss (or loss=) to score")
         val = (_as_float(x_val), _align_target(y_val, out_dim))
+        _check_width(model, val[0])
+        _check_finite("validation_data", val)
     loss_obj = loss if loss is not None else compiled_loss
     loss_fn = _loss_callable(loss) if loss is not None else None
     acc_fn = _accuracy_fn(loss_obj) if loss_obj is not None else None
@@ -255,6 +260,9 @@ class _Arrays:
                 f"got {batch_size}"
             )
         self.n, self.batch_size = n, batch_size
+        _check_finite("x", self.x)
+        if self.y is not None:
+            _check_finite("y", self.y)
 
     def batches(self, rng):
         n_batches = self.n // self.batch_size
@@ -308,7 +316,7 @@ def _as_tuple(batch):
     return tuple(batch) if isinstance(batch, tuple | list) else (batch,)
 
 
-def _source(x, y, batch_size, out_dim):
+def _source(model, x, y, batch_size, out_dim):
     tf_data = _backend.is_tf_dataset(x)
     if tf_data or isinstance(x, keras.utils.PyDataset):
         kind = "tf.data.Dataset" if tf_data else "PyDataset"
@@ -317,7 +325,32 @@ def _source(x, y, batch_size, out_dim):
         if batch_size is not None:
             raise ClrpipeError(f"batch_size: must be None when x is a {kind} (it is batched)")
         return _TFDataset(x) if tf_data else _PyDataset(x)
+    _check_width(model, x)
     return _Arrays(x, y, batch_size, out_dim)
+
+
+def _check_finite(name: str, data: Any) -> None:
+    """A one-line error when a float array of `data` holds NaN or infinity."""
+    for a in keras.tree.flatten(data):
+        a = np.asarray(a)
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            bad = int(a.size - np.isfinite(a).sum())
+            raise ClrpipeError(f"{name}: expected finite values, found {bad} NaN or infinite")
+
+
+def _check_width(model, x: Any) -> None:
+    """A one-line error when array rows do not have the shape the model's single input takes."""
+    inputs = getattr(model, "inputs", None)
+    if not inputs or len(inputs) != 1 or isinstance(x, dict | list | tuple):
+        return
+    expected = tuple(inputs[0].shape[1:])
+    got = tuple(np.shape(x)[1:])
+    fits = len(expected) == len(got) and all(e is None or e == g for e, g in zip(
+        expected, got, strict=True))
+    if not fits:
+        want = "(n, " + ", ".join("?" if e is None else str(e) for e in expected) + ")"
+        raise ClrpipeError(f"x: expected rows of shape {want} for the model's input, "
+                           f"got {tuple(np.shape(x))}")
 
 
 def _out_dim(model) -> int | None:
