@@ -299,6 +299,17 @@ def test_bad_arguments_are_one_line_errors(digits):
         lr_range_test(model, DigitBatches(x, y, BATCH), batch_size=32)
     with pytest.raises(ClrpipeError, match=r"not built"):
         lr_range_test(CustomStepNet(), x, y)
+    with pytest.raises(ClrpipeError, match=r"^x: expected rows of shape \(n, 8, 8, 1\) .*got \("):
+        lr_range_test(model, x[:, :6], y, batch_size=32)
+    bad = x.copy()
+    bad[0, 0, 0, 0] = np.inf
+    with pytest.raises(ClrpipeError, match=r"^x: expected finite values, found 1 NaN or inf"):
+        lr_range_test(model, bad, y, batch_size=32)
+    with pytest.raises(ClrpipeError, match=r"^min_lr: expected < range_test.max_lr \(0.1\)"):
+        lr_range_test(model, x, y, min_lr=1.0, max_lr=0.1)
+    with pytest.raises(ClrpipeError, match=r"^model: not compiled \(no optimizer\)"):
+        lr_range_test(keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                                        keras.layers.Dense(10)]), x, y)
 
 
 # LRFinder ----------------------------------------------------------------------------------

@@ -23,15 +23,18 @@ import keras, numpy as np
 from sklearn.datasets import load_digits
 digits = load_digits()
 x, y = (digits.images[..., None] / 16.0).astype("float32"), digits.target
+x, y, x_test, y_test = x[:1400], y[:1400], x[1400:], y[1400:]  # the last 397 rows held out
 keras.utils.set_random_seed(0)
 model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(16, 3, activation="relu"),
                           keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
 '''
 CHECK = '''
-accuracy = model.evaluate(x, y, verbose=0, return_dict=True)["accuracy"]
-assert 0 < result.base_lr < result.max_lr and type(ax).__name__ == "Axes", result
-print(f"README example: bounds {result.base_lr:.3g}..{result.max_lr:.3g}, accuracy {accuracy:.3f}")
-assert accuracy > 0.9, accuracy
+accuracy = model.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"]
+majority = np.bincount(y_test).max() / len(y_test)
+assert 0 < result.base_lr < result.lr < result.max_lr and type(ax).__name__ == "Axes", result
+print(f"README example: bounds {result.base_lr:.3g}..{result.max_lr:.3g}, lr {result.lr:.3g}, "
+      f"held-out accuracy {accuracy:.3f} (majority class {majority:.3f})")
+assert accuracy > majority + 0.5, (accuracy, majority)
 '''
 
 
@@ -43,12 +46,13 @@ def readme_example() -> str:
     return blocks[0]
 
 
-def test_readme_example_runs_on_small_data():
+def test_readme_example_beats_the_majority_class_on_held_out_rows():
     script = PREAMBLE + readme_example() + CHECK
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=REPO, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "README example: bounds" in done.stdout
+    print(done.stdout.strip().splitlines()[-1])
 
 
 def test_import_clrpipe_loads_nothing_heavy_and_names_load_on_use():
@@ -59,8 +63,9 @@ def test_import_clrpipe_loads_nothing_heavy_and_names_load_on_use():
         "assert not heavy and t < 1.0, (heavy, t)\n"
         "assert sorted(clrpipe.__all__) == sorted(clrpipe._LAZY)\n"
         "from clrpipe import lr_range_test, CyclicalLearningRate, OneCycleLearningRate, LRFinder\n"
-        "assert 'keras' in sys.modules and 'mlflow' not in sys.modules\n"
-        "assert 'dvc' not in sys.modules and 'ray' not in sys.modules\n"
+        "assert 'keras' in sys.modules\n"
+        "extras = [m for m in ('mlflow', 'dvc', 'ray', 'hydra') if m in sys.modules]\n"
+        "assert not extras, extras  # (TensorFlow itself loads pandas, scipy, matplotlib)\n"
         "assert lr_range_test.__doc__ and '```python' in lr_range_test.__doc__\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)

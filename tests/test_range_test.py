@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -366,3 +368,32 @@ def test_the_sweep_stops_where_its_configured_smoothing_diverges(smoothing):
     assert rt.find_divergence(curve.losses, cfg.beta, cfg.divergence_factor, other) != stop
     analysis = rt.analyse_curve(curve, cfg)
     assert analysis.stop == stop and np.isnan(analysis.smoothed[stop])
+
+
+def test_lr_is_the_default_rule_and_every_rule_is_one_function():
+    """`.lr` is `DEFAULT_LR_RULE` (the pair's geometric mean, what compare and the study use);
+    the other rules read the seeds' median suggestions; an unknown rule is a one-line error."""
+    from clrpipe import suggestions
+    from clrpipe.pipeline.comparison.compare import suggested_constant_lr
+
+    res = rt.analyse([_curve(s, 0.1) for s in range(3)], RangeTestParams(seeds=3))
+    assert suggestions.DEFAULT_LR_RULE == "geometric_mean"
+    assert res.lr == math.sqrt(res.base_lr * res.max_lr)
+    assert res.lr == suggested_constant_lr((res.base_lr, res.max_lr))
+    assert res.constant_lr("arithmetic_mean") == (res.base_lr + res.max_lr) / 2
+    for rule in ("valley", "minimum", "steepest"):
+        assert res.constant_lr(rule) == res.suggestions[rule] is not None
+    assert res.base_lr < res.lr < res.max_lr
+    with pytest.raises(ClrpipeError, match=r"^rule: expected one of geometric_mean, .*'mean'$"):
+        res.constant_lr("mean")
+
+
+def test_plot_without_matplotlib_names_the_extra(monkeypatch):
+    res = rt.analyse([_curve(s, 0.1) for s in range(2)], RangeTestParams(seeds=2))
+    import clrpipe
+
+    monkeypatch.delitem(sys.modules, "clrpipe.plots", raising=False)
+    monkeypatch.delattr(clrpipe, "plots", raising=False)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ClrpipeError, match=r"^plot: needs matplotlib; .*clrpipe\[plot\]"):
+        res.plot()

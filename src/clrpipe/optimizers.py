@@ -182,7 +182,7 @@ class ScheduleFreeAdamW(keras.optimizers.Optimizer):
         v = keras_private.slot(self, self.exp_avg_sq, variable)
         gradient = ops.cast(gradient, dtype)
         first = ops.equal(self.iterations, 0)
-        self.assign(z, ops.where(first, variable, z))
+        self.assign(z, ops.where(first, ops.convert_to_tensor(variable), ops.convert_to_tensor(z)))
         k = ops.cast(self.iterations, "float64")
         correction = ops.cast(1.0 - ops.power(ops.cast(self.beta_2, "float64"), k + 1.0), dtype)
         self.assign(v, _addcmul(ops.multiply(v, self.beta_2), gradient, gradient,
@@ -206,7 +206,7 @@ class ScheduleFreeAdamW(keras.optimizers.Optimizer):
     def finalize_variable_values(self, var_list):
         """Put the average x into the model (once; the next step restores y)."""
         super().finalize_variable_values(var_list)
-        if not self.built or int(self.iterations) == 0 or int(self.evaluating):
+        if not self.built or _read(self.iterations) == 0 or _read(self.evaluating):
             return
         for variable in var_list:
             variable.assign(self.average(variable))
@@ -215,7 +215,7 @@ class ScheduleFreeAdamW(keras.optimizers.Optimizer):
     def restore_iterate(self, var_list):
         """Put y back after `finalize_variable_values` (the reference's `train()`); call it
         before the next gradient, which must be taken at y (`training.fit` does)."""
-        if self.built and int(self.evaluating):
+        if self.built and _read(self.evaluating):
             self._back_to_y(var_list)
 
     def _back_to_y(self, variables):
@@ -253,6 +253,12 @@ def _refuse(owner: str, options: dict, names: tuple[str, ...]) -> None:
 def _addcmul(start, first, second, value):
     """torch.addcmul's order, start + (value * first) * second, to round as the reference."""
     return ops.add(start, ops.multiply(ops.multiply(first, value), second))
+
+
+def _read(variable) -> int:
+    """A scalar variable's value as a Python int, on every backend (JAX variables have no
+    `__int__`)."""
+    return int(ops.convert_to_numpy(variable))
 
 
 def _lerp(start, end, weight):
@@ -358,7 +364,7 @@ class Prodigy(keras.optimizers.Optimizer):
         for g, pairs in enumerate(members):
             if not pairs:
                 continue
-            d, d_max = self.d[g], self.d_max[g]
+            d, d_max = ops.convert_to_tensor(self.d[g]), ops.convert_to_tensor(self.d_max[g])
             dlr = d * lr * correction
             scale = d / self.d0
             numerator = self.d_numerator[g] * beta_3
@@ -368,7 +374,8 @@ class Prodigy(keras.optimizers.Optimizer):
                 dtype = variable.dtype
                 grad = ops.cast(grad, dtype)
                 p0 = keras_private.slot(self, self.p0, variable)
-                self.assign(p0, ops.where(first, variable, p0))
+                self.assign(p0, ops.where(first, ops.convert_to_tensor(variable),
+                                            ops.convert_to_tensor(p0)))
                 dot = ops.sum(ops.multiply(ops.reshape(grad, (-1,)),
                                            ops.reshape(ops.subtract(p0, variable), (-1,))))
                 delta = delta + scale * dlr * ops.cast(dot, "float64")
@@ -391,7 +398,8 @@ class Prodigy(keras.optimizers.Optimizer):
             new_max = ops.maximum(d_max, d_hat)
             new_d = ops.minimum(new_max, rose * self.growth_rate)
             self.step_dlr[g].assign(dlr)
-            self.d_numerator[g].assign(ops.where(progressed, total, self.d_numerator[g]))
+            self.d_numerator[g].assign(ops.where(progressed, total,
+                                                    ops.convert_to_tensor(self.d_numerator[g])))
             self.d_max[g].assign(ops.where(progressed, new_max, d_max))
             self.d[g].assign(ops.where(progressed, new_d, d))
 

@@ -64,6 +64,16 @@ import numpy as np
 from clrpipe.errors import ClrpipeError
 from clrpipe.settings import RangeTestParams
 from clrpipe.stats import median
+from clrpipe.suggestions import (
+    DEFAULT_LR_RULE,
+    accuracy_bounds,
+    constant_lr,
+    edge_index,
+    minimum,
+    steepest,
+    valley,
+    valley_span,
+)
 
 __all__ = [
     "COMPARED_METHODS",
@@ -93,16 +103,11 @@ __all__ = [
 LOG_FLOOR = 1e-12
 STAGE_KEYS = {"validation_rows", "batch_size"}  # the stage's, not the analysis's
 SKIP_START_FRACTION = 0.1
-SLOPE_HALF_WIDTH = 0.1
 MIN_POINTS = 5
 BASE_DIVISOR = 4.0
 EDGE_DIVISOR = 3.0
-FLOOR_TOLERANCE = 0.1
 DISAGREEMENT_FACTOR = 10.0
 SEED_SPREAD_FACTOR = 3.0
-ACC_RISE_START = 0.1
-ACC_RISE_END = 0.9
-MIN_ACC_RISE = 0.02
 METHODS = ("steepest", "valley", "minimum", "loss_max", "accuracy_base", "accuracy_max")
 COMPARED_METHODS = ("steepest", "loss_max", "accuracy_max")
 
@@ -192,105 +197,6 @@ def smooth_two_sided(
         bwd = smooth_losses(x[:n][::-1], beta, smoothing)[::-1]
         out[:n] = np.sqrt(fwd * bwd) if smoothing == "log" else (fwd + bwd) / 2
     return out
-
-
-# Suggestions --------------------------------------------------------------------------------
-
-
-def steepest(lrs: np.ndarray, smoothed: np.ndarray) -> float | None:
-    """LR of the most negative slope of the smoothed loss against log10(lr).
-
-    Each slope is taken across +-`SLOPE_HALF_WIDTH` decades rather than between neighbours,
-    so batches packed densely on the log axis (the top of a linear sweep) do not turn small
-    wiggles into huge slopes.
-    """
-    lrs, smoothed = np.asarray(lrs, float), np.asarray(smoothed, float)
-    if lrs.size < 3:
-        return None
-    x = np.log10(lrs)
-    lo = np.searchsorted(x, x - SLOPE_HALF_WIDTH, side="left")
-    hi = np.searchsorted(x, x + SLOPE_HALF_WIDTH, side="right") - 1
-    lo, hi = np.minimum(lo, np.arange(x.size)), np.maximum(hi, np.arange(x.size))
-    width = x[hi] - x[lo]
-    ok = width > 0
-    if not ok.any():
-        return None
-    slope = np.full(x.size, np.inf)
-    slope[ok] = (smoothed[hi[ok]] - smoothed[lo[ok]]) / width[ok]
-    i = int(np.argmin(slope))
-    return float(lrs[i]) if slope[i] < 0 else None
-
-
-def valley_span(smoothed: np.ndarray) -> tuple[int, int]:
-    """(start, end) indices of the longest strictly decreasing subsequence (first one found)."""
-    s = np.asarray(smoothed, float)
-    n = s.size
-    length = np.ones(n, dtype=int)
-    start = np.arange(n)
-    for i in range(1, n):
-        earlier = np.flatnonzero(s[:i] > s[i])
-        if earlier.size:
-            j = earlier[np.argmax(length[earlier])]
-            length[i], start[i] = length[j] + 1, start[j]
-    end = int(np.argmax(length))
-    return int(start[end]), end
-
-
-def valley(lrs: np.ndarray, smoothed: np.ndarray) -> float | None:
-    """fastai's valley: the LR halfway (in log10 lr) along the longest decreasing subsequence.
-
-    Halfway in log10 lr is fastai's halfway-by-batch for an exponential sweep and stays
-    meaningful for a linear one.
-    """
-    lrs = np.asarray(lrs, float)
-    if lrs.size < 2:
-        return None
-    lo, hi = valley_span(smoothed)
-    if hi == lo:
-        return None
-    x = np.log10(lrs[lo : hi + 1])
-    return float(lrs[lo + int(np.argmin(np.abs(x - (x[0] + x[-1]) / 2)))])
-
-
-def edge_index(smoothed: np.ndarray) -> int:
-    """Where the loss starts to rise: the last index after the minimum before the smoothed loss
-    climbs more than `FLOOR_TOLERANCE` x its total drop (highest earlier value - minimum) above
-    the minimum. Robust on a flat floor, where the argmin itself is set by noise."""
-    s = np.asarray(smoothed, float)
-    best = int(np.argmin(s))
-    margin = FLOOR_TOLERANCE * max(float(s[: best + 1].max() - s[best]), 0.0)
-    above = np.flatnonzero(s[best:] > s[best] + margin)
-    return best + int(above[0]) - 1 if above.size else s.size - 1
-
-
-def minimum(lrs: np.ndarray, smoothed: np.ndarray) -> float | None:
-    """fastai's minimum/10: a tenth of the LR with the lowest smoothed loss."""
-    lrs = np.asarray(lrs, float)
-    return float(lrs[int(np.argmin(smoothed))]) / 10.0 if lrs.size else None
-
-
-def accuracy_bounds(lrs: np.ndarray, accuracy: np.ndarray) -> tuple[float, float] | None:
-    """Smith's bounds: LRs where accuracy has made 10% and 90% of its rise; None if it barely rose.
-
-    The curve is first passed through a centred median of 3 (no lag) so one lucky evaluation
-    does not set a bound.
-    """
-    lrs, acc = np.asarray(lrs, float), np.asarray(accuracy, float)
-    ok = np.isfinite(acc)
-    lrs, acc = lrs[ok], acc[ok]
-    if acc.size < 3:
-        return None
-    padded = np.concatenate([acc[:1], acc, acc[-1:]])
-    acc = np.median(np.stack([padded[:-2], padded[1:-1], padded[2:]]), axis=0)
-    peak = int(np.argmax(acc))
-    low = float(np.min(acc[: peak + 1]))
-    rise = float(acc[peak]) - low
-    if rise < MIN_ACC_RISE:
-        return None
-    start = int(np.argmax(acc >= low + ACC_RISE_START * rise))
-    stop = int(np.argmax(acc >= low + ACC_RISE_END * rise))
-    base, top = float(lrs[start]), float(lrs[stop])
-    return (base, top) if base < top else None
 
 
 # Per-seed analysis --------------------------------------------------------------------------
@@ -482,11 +388,30 @@ class RangeTestResult:
         """Each rule's median suggestion over seeds (steepest, valley, minimum, loss_max, ...)."""
         return dict(self.method_medians)
 
+    @property
+    def lr(self) -> float:
+        """The constant learning rate to train with, for the optimizer the sweep ran with
+        (`base_lr`/`max_lr` are for cycles): `clrpipe.suggestions.DEFAULT_LR_RULE`, today the
+        geometric mean of the pair. `constant_lr(rule)` gives another rule's."""
+        return self.constant_lr()
+
+    def constant_lr(self, rule: str = DEFAULT_LR_RULE) -> float | None:
+        """The constant LR `rule` suggests (`geometric_mean`, `arithmetic_mean`, `valley`,
+        `minimum`, `steepest`: `clrpipe.suggestions.CONSTANT_LR_RULES`)."""
+        return constant_lr(self.base_lr, self.max_lr, self.method_medians, rule)
+
     def plot(self, ax=None, *, accuracy_ax=None):
         """Smoothed loss against LR (log x), one line per seed with its raw loss faint, and the
         bounds marked; held-out accuracy on `accuracy_ax` when given. Returns the loss Axes (a
-        new figure's when `ax` is None)."""
-        from clrpipe import plots
+        new figure's when `ax` is None). Needs matplotlib (`pip install clrpipe[plot]`)."""
+        try:
+            from clrpipe import plots
+        except ModuleNotFoundError as err:
+            if err.name != "matplotlib":
+                raise
+            raise ClrpipeError(
+                "plot: needs matplotlib; install it with pip install 'clrpipe[plot]'"
+            ) from err
         return plots.range_test_axes(self, ax, accuracy_ax)
 
     def to_dict(self) -> dict[str, Any]:

@@ -9,12 +9,13 @@ and cut into `batch_size` batches; a `keras.utils.PyDataset`, whose batches are 
 per-seed random order (its `on_epoch_*` hooks are not called and its workers are not used); or
 a `tf.data.Dataset`, read in its own order (a fresh iterator per seed, repeated when exhausted).
 
-Steps: a model whose `train_step` is Keras's own is swept by a step that is Keras's
-`train_step` without the metric updates (same forward pass, same `compute_loss`, same
-gradients: bit-identical weights, tested) and returns the batch loss. A model with its own
-`train_step` is swept through it: the clone optimizer is put in `model.optimizer` for the
-sweep, the model's metrics are reset before each batch and the batch loss is the `"loss"` its
-`train_step` returns.
+Steps (`clrpipe._backend`), on TensorFlow: a model whose `train_step` is Keras's own is swept by
+a step that is Keras's `train_step` without the metric updates (same forward pass, same
+`compute_loss`, same gradients: bit-identical weights, tested) and returns the batch loss. A
+model with its own `train_step` is swept through it: the clone optimizer is put in
+`model.optimizer` for the sweep, the model's metrics are reset before each batch and the batch
+loss is the `"loss"` its `train_step` returns. On JAX and PyTorch every model is swept through
+Keras's own compiled train function (`train_on_batch`), with the same isolation.
 
 Isolation is the point: when `run_range_test` returns (or raises), the model's variables
 (weights, non-trainable state, dropout seed-generator states), its metrics' state, its
@@ -33,9 +34,8 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from clrpipe import keras_private
+from clrpipe import _backend, keras_private
 from clrpipe.errors import ClrpipeError
 from clrpipe.range_test import Curve, DivergenceMonitor, RangeTestResult, analyse, lr_schedule
 from clrpipe.settings import RangeTestParams
@@ -50,6 +50,7 @@ def preserved_state(model: keras.Model, *optimizers: Any) -> Iterator[None]:
     model_values = [v.numpy() for v in model.variables]
     metric_values = [(v, v.numpy()) for v in _metric_variables(model)]
     model_opt = getattr(model, "optimizer", None)
+    train_function = getattr(model, "train_function", None)
     opt_values = [[v.numpy() for v in o.variables] for o in optimizers if o is not None]
     np_state, py_state = np.random.get_state(), random.getstate()
     gen = keras_private.global_seed_generator()
@@ -59,6 +60,8 @@ def preserved_state(model: keras.Model, *optimizers: Any) -> Iterator[None]:
     finally:
         if hasattr(model, "optimizer"):
             model.optimizer = model_opt
+        if hasattr(model, "train_function"):
+            model.train_function = train_function
         for var, value in zip(model.variables, model_values, strict=True):
             var.assign(value)
         for metric in getattr(model, "metrics", []):
@@ -141,12 +144,12 @@ def sweep(
     """Record one raw `Curve` per seed (no analysis); the model is left untouched."""
     if not model.built or not model.variables:
         raise ClrpipeError(
-            "range_test: model is not built; give it a keras.Input, call model.build(shape) "
+            "model: not built; give it a keras.Input, call model.build(shape) "
             "or call it on a batch first"
         )
     user_opt = optimizer if optimizer is not None else getattr(model, "optimizer", None)
     if user_opt is None:
-        raise ClrpipeError("range_test: no optimizer; compile the model or pass optimizer=")
+        raise ClrpipeError("model: not compiled (no optimizer); compile it or pass optimizer=")
     if step not in ("auto", "fast", "train_step"):
         raise ClrpipeError(f"step: expected auto, fast or train_step, got {step!r}")
     custom = has_custom_train_step(model)
@@ -156,17 +159,22 @@ def sweep(
     if loss is not None and use_train_step:
         raise ClrpipeError("loss: the sweep goes through the model's train_step, which uses "
                            "the compiled loss; compile the model with it instead")
+    if not _backend.is_tensorflow() and not getattr(model, "compiled", False):
+        raise ClrpipeError("model: not compiled; call model.compile(optimizer=..., loss=...) "
+                           "first")
     compiled_loss = getattr(model, "loss", None)
     if loss is None and compiled_loss is None and not custom:
-        raise ClrpipeError("range_test: no loss; compile the model with one or pass loss=")
+        raise ClrpipeError("model: not compiled (no loss); compile it with one or pass loss=")
     out_dim = _out_dim(model)
-    source = _source(x, y, batch_size, out_dim if loss is not None else None)
+    source = _source(model, x, y, batch_size, out_dim if loss is not None else None)
     use_val = x_val is not None and config.val_every > 0
     val = None
     if use_val:
         if loss is None and compiled_loss is None:
             raise ClrpipeError("validation: needs a compiled loss (or loss=) to score")
         val = (_as_float(x_val), _align_target(y_val, out_dim))
+        _check_width(model, val[0])
+        _check_finite("validation_data", val)
     loss_obj = loss if loss is not None else compiled_loss
     loss_fn = _loss_callable(loss) if loss is not None else None
     acc_fn = _accuracy_fn(loss_obj) if loss_obj is not None else None
@@ -176,10 +184,8 @@ def sweep(
         opt.build(model.trainable_variables)
         if use_train_step:
             model.optimizer = opt
-            train_step = _train_step_fn(model)
-        else:
-            train_step = _fast_step_fn(model, opt, loss_fn)
-        eval_step = _eval_step_fn(model, loss_fn) if use_val else None
+        train_step = _backend.train_step_fn(model, opt, loss_fn, use_train_step)
+        eval_step = _backend.eval_step_fn(model, loss_fn) if use_val else None
         model_init = [v.numpy() for v in model.variables]
         opt_init = [v.numpy() for v in opt.variables]
         seed_vars = [v for v in model.variables if v.name == "seed_generator_state"]
@@ -230,74 +236,6 @@ def _sweep_one(seed, batches, lrs, config, opt, train_step, eval_step, acc_fn, v
     )
 
 
-# Steps ------------------------------------------------------------------------------------
-
-
-def _maybe_jit(model, fn):
-    if getattr(model, "run_eagerly", False):
-        return fn
-    return tf.function(fn, jit_compile=bool(getattr(model, "jit_compile", False)),
-                       reduce_retracing=True)
-
-
-def _fast_step_fn(model, opt, loss_fn):
-    """Keras's TF `train_step` without the metrics (or with `loss_fn` instead of the compiled
-    loss): returns the batch loss."""
-    training_arg = keras_private.call_has_training_arg(model)
-
-    def step(data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            y_pred = model(x, training=True) if training_arg else model(x)
-            if loss_fn is None:
-                value = keras_private.compute_loss(model, x, y, y_pred, sample_weight, True)
-            else:
-                value = loss_fn(y, y_pred)
-                if model.losses:
-                    value = value + tf.add_n(model.losses)
-            scaled = opt.scale_loss(value)
-        weights = model.trainable_weights
-        grads = tape.gradient(scaled, weights)
-        opt.apply_gradients(zip(grads, weights, strict=True))
-        return value
-
-    compiled = _maybe_jit(model, step)
-    return lambda data: float(compiled(data))
-
-
-def _train_step_fn(model):
-    """The model's own `train_step` (with `model.optimizer` already the clone); metrics reset
-    before each batch so the returned "loss" is that batch's."""
-    compiled = _maybe_jit(model, model.train_step)
-
-    def run(data):
-        model.reset_metrics()
-        logs = compiled(data)
-        if not isinstance(logs, dict) or "loss" not in logs:
-            keys = sorted(logs) if isinstance(logs, dict) else type(logs).__name__
-            raise ClrpipeError(
-                f"range_test: the model's train_step must return a dict with a 'loss' entry, "
-                f"got {keys}"
-            )
-        return float(logs["loss"])
-
-    return run
-
-
-def _eval_step_fn(model, loss_fn):
-    training_arg = keras_private.call_has_training_arg(model)
-
-    def step(xv, yv):
-        pred = model(xv, training=False) if training_arg else model(xv)
-        if loss_fn is None:
-            value = keras_private.compute_loss(model, xv, yv, pred, None, False)
-        else:
-            value = loss_fn(yv, pred)
-        return value, pred
-
-    return _maybe_jit(model, step)
-
-
 # Inputs -----------------------------------------------------------------------------------
 
 
@@ -322,6 +260,9 @@ class _Arrays:
                 f"got {batch_size}"
             )
         self.n, self.batch_size = n, batch_size
+        _check_finite("x", self.x)
+        if self.y is not None:
+            _check_finite("y", self.y)
 
     def batches(self, rng):
         n_batches = self.n // self.batch_size
@@ -375,15 +316,41 @@ def _as_tuple(batch):
     return tuple(batch) if isinstance(batch, tuple | list) else (batch,)
 
 
-def _source(x, y, batch_size, out_dim):
-    if isinstance(x, tf.data.Dataset | keras.utils.PyDataset):
-        kind = "tf.data.Dataset" if isinstance(x, tf.data.Dataset) else "PyDataset"
+def _source(model, x, y, batch_size, out_dim):
+    tf_data = _backend.is_tf_dataset(x)
+    if tf_data or isinstance(x, keras.utils.PyDataset):
+        kind = "tf.data.Dataset" if tf_data else "PyDataset"
         if y is not None:
             raise ClrpipeError(f"y: must be None when x is a {kind} (it yields (x, y) batches)")
         if batch_size is not None:
             raise ClrpipeError(f"batch_size: must be None when x is a {kind} (it is batched)")
-        return _TFDataset(x) if isinstance(x, tf.data.Dataset) else _PyDataset(x)
+        return _TFDataset(x) if tf_data else _PyDataset(x)
+    _check_width(model, x)
     return _Arrays(x, y, batch_size, out_dim)
+
+
+def _check_finite(name: str, data: Any) -> None:
+    """A one-line error when a float array of `data` holds NaN or infinity."""
+    for a in keras.tree.flatten(data):
+        a = np.asarray(a)
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            bad = int(a.size - np.isfinite(a).sum())
+            raise ClrpipeError(f"{name}: expected finite values, found {bad} NaN or infinite")
+
+
+def _check_width(model, x: Any) -> None:
+    """A one-line error when array rows do not have the shape the model's single input takes."""
+    inputs = getattr(model, "inputs", None)
+    if not inputs or len(inputs) != 1 or isinstance(x, dict | list | tuple):
+        return
+    expected = tuple(inputs[0].shape[1:])
+    got = tuple(np.shape(x)[1:])
+    fits = len(expected) == len(got) and all(e is None or e == g for e, g in zip(
+        expected, got, strict=True))
+    if not fits:
+        want = "(n, " + ", ".join("?" if e is None else str(e) for e in expected) + ")"
+        raise ClrpipeError(f"x: expected rows of shape {want} for the model's input, "
+                           f"got {tuple(np.shape(x))}")
 
 
 def _out_dim(model) -> int | None:
@@ -423,7 +390,7 @@ def _loss_callable(loss_obj):
         return fn
     if fn is None or not callable(fn):
         raise ClrpipeError(f"range_test: unknown loss {loss_obj!r}")
-    return lambda yt, yp: tf.reduce_mean(fn(yt, yp))
+    return lambda yt, yp: keras.ops.mean(fn(yt, yp))
 
 
 def _loss_name(loss_obj) -> str:

@@ -1,5 +1,6 @@
 """Small statistics shared by the range test, the comparison and the study. Pure: numpy and
-scipy only.
+scipy only (scipy imported inside the intervals: the library needs only `median`, and scipy is
+a dependency of `clrpipe[pipeline]`, not of the library).
 
 - `wilson_interval`: Wilson's score interval of a proportion (an accuracy on `n` test rows).
   Unlike mean +- t * s / sqrt(n) it never leaves [0, 1] and stays sensible near 0 and 1.
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import stats
 
 __all__ = [
     "Difference",
@@ -68,6 +68,8 @@ def wilson_interval(proportion: float, n: int, confidence: float = 0.95) -> Inte
         raise ValueError(f"wilson_interval: expected a proportion in [0, 1], got {proportion}")
     if n < 1:
         return Interval(float(proportion), None, None, 0)
+    from scipy import stats
+
     z = float(stats.norm.ppf(0.5 + confidence / 2))
     p, z2 = float(proportion), z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
@@ -78,6 +80,8 @@ def wilson_interval(proportion: float, n: int, confidence: float = 0.95) -> Inte
 
 
 def _bootstrap(x: np.ndarray, confidence: float, seed: int):
+    from scipy import stats
+
     return stats.bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=RESAMPLES,
                            method="percentile", rng=np.random.default_rng(seed))
 

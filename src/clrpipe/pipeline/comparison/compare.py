@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from clrpipe import suggestions
 from clrpipe.errors import ClrpipeError
 from clrpipe.pipeline import params
 from clrpipe.pipeline.params import PARAMS_FILE, CompareParams, ConstantSchedule, ScheduleParams
@@ -66,15 +67,11 @@ SUGGESTED_LR = ("geometric_mean", "arithmetic_mean")
 
 
 def suggested_constant_lr(bounds: tuple[float, float], rule: str = "geometric_mean") -> float:
-    """The range test's single constant LR: the geometric mean of (base_lr, max_lr), i.e. the
-    middle of the bounds on the log axis the test sweeps (or their arithmetic mean, which is
-    the average LR a triangular cycle applies)."""
-    base, peak = bounds
-    if rule == "geometric_mean":
-        return math.sqrt(base * peak)
-    if rule == "arithmetic_mean":
-        return (base + peak) / 2
-    raise ValueError(f"suggested_lr: expected one of {', '.join(SUGGESTED_LR)}, got {rule!r}")
+    """The range test's single constant LR from (base_lr, max_lr): the library's rule
+    (`clrpipe.suggestions`, what `RangeTestResult.lr` uses), geometric or arithmetic mean."""
+    if rule not in SUGGESTED_LR:
+        raise ValueError(f"suggested_lr: expected one of {', '.join(SUGGESTED_LR)}, got {rule!r}")
+    return suggestions.constant_lr(*bounds, {}, rule)
 
 
 def fill_rates(spec: ScheduleParams, bounds: tuple[float, float] | None, rule: str,
