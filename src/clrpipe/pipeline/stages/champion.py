@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 import click
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
 from clrpipe.errors import ClrpipeError, first_line
@@ -58,24 +59,46 @@ def _metrics(stage: str) -> dict:
     return found
 
 
+def _here(client, stage: str, candidate: dict) -> bool:
+    """Whether `candidate`'s registered version is its own model in this tracking store. Versions
+    are per store: a queued experiment logging to a server reuses a cached `compare` whose
+    version was registered in another store; that candidate is left out with a note."""
+    name, version = candidate.get("registered_model"), candidate.get("model_version")
+    if name is None or version is None:
+        return True
+    try:
+        found = client.get_model_version(name, str(version))
+    except MlflowException:
+        found = None
+    model = (candidate.get("serving_model_uri") or "").removeprefix("models:/")
+    if found is not None and (not model or found.model_id in (None, model)):
+        return True
+    click.echo(f"champion: {stage}'s {name} version {version} is not in this tracking store "
+               f"(registered elsewhere); left out (rerun `clrpipe {stage.replace('_', ' ')}` "
+               "against this store to include it)", err=True)
+    return False
+
+
 def run(cfg: DictConfig) -> dict:
     """Choose the champion, move the alias (`registry.promote`), write metrics/champion.json."""
     p = config.reads(cfg, ChampionReads)
     found = {stage: _metrics(stage) for stage in CANDIDATES
              if stage != "compare" or COMPARE.is_file()}
     score = next(k for k in found[CANDIDATES[0]] if k.startswith("final_val_"))
-    best = max(found, key=lambda stage: found[stage].get(score, float("-inf")))
-    chosen = found[best]
-    summary = {
-        "stage": best, "score": score, "value": chosen[score],
-        "candidates": {stage: found[stage].get(score) for stage in found},
-        "method": chosen.get("method", best.removeprefix("train_")),
-        "optimizer": chosen.get("optimizer", "sgd"),
-        "registered_model": chosen.get("registered_model"),
-        "model_version": chosen.get("model_version"), "promoted": False, "previous": None,
-    }
     with runs.stage_run(cfg, "champion") as tracked, atomic_outputs(OUTPUT) as (tmp,):
-        if p.registry.promote and tracked.active and summary["model_version"] is not None:
+        promote = p.registry.promote and tracked.active
+        eligible = {s: c for s, c in found.items() if not promote or _here(tracked.client, s, c)}
+        best = max(eligible or found, key=lambda stage: found[stage].get(score, float("-inf")))
+        chosen = found[best]
+        summary = {
+            "stage": best, "score": score, "value": chosen[score],
+            "candidates": {stage: found[stage].get(score) for stage in found},
+            "method": chosen.get("method", best.removeprefix("train_")),
+            "optimizer": chosen.get("optimizer", "sgd"),
+            "registered_model": chosen.get("registered_model"),
+            "model_version": chosen.get("model_version"), "promoted": False, "previous": None,
+        }
+        if promote and best in eligible and summary["model_version"] is not None:
             summary["previous"] = registry.promote(tracked.client, summary["registered_model"],
                                                    summary["model_version"])
             summary["promoted"] = True
