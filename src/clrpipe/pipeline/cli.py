@@ -176,15 +176,15 @@ _TF_START_NOISE = re.compile(
 
 @contextlib.contextmanager
 def _quiet_tensorflow_start():
-    """Import TensorFlow without its start-up banner: TF_CPP_MIN_LOG_LEVEL=3 (errors are still
-    raised as Python exceptions) and, while the stage module is imported, the lines TensorFlow
-    writes to stderr before its logging is initialised (which no setting reaches) are dropped;
-    anything else written meanwhile is passed on. Setting TF_CPP_MIN_LOG_LEVEL yourself (e.g.
-    0) turns this off and shows TensorFlow's own log lines."""
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+    """Import TensorFlow without its start-up banner: TF_CPP_MIN_LOG_LEVEL=3 unless set (errors
+    are still raised as Python exceptions) and, while the stage module is imported, the lines
+    TensorFlow writes to stderr before its logging is initialised are dropped: TensorFlow 2.21
+    prints them whatever TF_CPP_MIN_LOG_LEVEL says. Anything else written meanwhile is passed
+    on. TF_CPP_MIN_LOG_LEVEL=0 turns this off and shows all of TensorFlow's log lines."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0" or "tensorflow" in sys.modules:
         yield
         return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
