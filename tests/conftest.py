@@ -9,10 +9,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.team_store import healthy as _healthy
+from tests.team_store import stop as stop_server
 
 REPO = Path(__file__).resolve().parents[1]
 CARDIO_CSV = Path(
@@ -107,28 +109,6 @@ def mlflow_server(tmp_path_factory) -> str:
     finally:
         stop_server(server)
         log.close()
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    """SIGTERM a server's process group (its workers too), SIGKILL after 30 s."""
-    import contextlib
-
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 class KillableServer:

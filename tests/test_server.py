@@ -4,14 +4,9 @@ front; a real training stage logs to it with credentials from the environment.""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,93 +14,29 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import _healthy, stop_server
+from tests import team_store
 
 pytestmark = pytest.mark.slow
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 ADMIN_PASSWORD = "team-admin-pw-1"
 EPOCHS = 1
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Postgres:
-    """A throwaway PostgreSQL cluster; as root, run as `nobody` (initdb refuses root)."""
-
-    def __init__(self):
-        self.root = Path(tempfile.mkdtemp(prefix="clrpipe-pg-"))
-        self.port = _free_port()
-        self.as_user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
-        if self.as_user:
-            shutil.chown(self.root, "nobody")
-        self.data = self.root / "data"
-        self.uri = f"postgresql://postgres@127.0.0.1:{self.port}/mlflow"
-
-    def run(self, *argv: str) -> None:
-        done = subprocess.run([*self.as_user, *argv], capture_output=True, text=True)
-        assert done.returncode == 0, f"{argv}: {done.stdout}\n{done.stderr}"
-
-    def start(self) -> None:
-        self.run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-w", "-l",
-                 str(self.root / "pg.log"), "-o",
-                 f"-h 127.0.0.1 -p {self.port} -k {self.root}", "start")
-
-    def stop(self) -> None:
-        self.run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
-
-    def create(self) -> None:
-        self.run(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres",
-                 "--auth=trust", "-E", "UTF8")
-        self.start()
-        self.run(str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
-                 "-U", "postgres", "mlflow")
-
-
 @pytest.fixture(scope="module")
 def postgres():
-    if not (PG_BIN / "initdb").is_file():
-        pytest.fail(f"{PG_BIN}: PostgreSQL 15 is needed (Debian package postgresql-15)")
-    pg = Postgres()
-    try:
-        pg.create()
+    with team_store.postgres() as pg:
         yield pg
-    finally:
-        with contextlib.suppress(AssertionError):
-            pg.stop()
-        shutil.rmtree(pg.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def team_server(postgres, tmp_path_factory):
     """`clrpipe server --auth` on the PostgreSQL store, until /health answers: its URL."""
     root = tmp_path_factory.mktemp("team_server")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["MLFLOW_AUTH_ADMIN_PASSWORD"] = ADMIN_PASSWORD
-    log = (root / "server.log").open("w")
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("clrpipe")), "server",
-         "--backend-store-uri", postgres.uri, "--artifacts-destination", str(root / "artifacts"),
-         "--port", str(port), "--workers", "1", "--auth",
-         "--auth-db", f"sqlite:///{root / 'auth.db'}"],
-        cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    try:
-        while not _healthy(url):
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"clrpipe server did not start:\n{(root / 'server.log').read_text()}")
-            time.sleep(0.5)
+    with team_store.tracking_server(
+        postgres.uri, root, extra=("--auth", "--auth-db", f"sqlite:///{root / 'auth.db'}"),
+        env={"MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD},
+    ) as url:
         yield url
-    finally:
-        stop_server(server)
-        log.close()
 
 
 def _admin_client(url: str, monkeypatch) -> MlflowClient:
