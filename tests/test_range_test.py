@@ -381,6 +381,7 @@ def test_lr_is_the_default_rule_and_every_rule_is_one_function():
     assert res.lr == math.sqrt(res.base_lr * res.max_lr)
     assert res.lr == suggested_constant_lr((res.base_lr, res.max_lr))
     assert res.constant_lr("arithmetic_mean") == (res.base_lr + res.max_lr) / 2
+    assert (res.constant_lr("base_lr"), res.constant_lr("max_lr")) == (res.base_lr, res.max_lr)
     for rule in ("valley", "minimum", "steepest"):
         assert res.constant_lr(rule) == res.suggestions[rule] is not None
     assert res.base_lr < res.lr < res.max_lr
