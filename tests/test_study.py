@@ -24,6 +24,8 @@ from tests.conftest import REPO
 
 TINY = (
     "study.datasets={penguins:{epochs:2,batch_size:16},diabetes:{epochs:2,batch_size:32}}",
+    "study.dev=[diabetes]",
+    "study.test=[penguins]",
     "study.seeds=2",
     "study.grid_seeds=2",
     *(f"study.range_test.{name}.{key}={value}" for name in ("sgd", "adam", "muon", "adamw_ema")
@@ -150,6 +152,19 @@ def test_plan_has_every_method_and_grid_point_per_dataset():
     ("+study.methods.sgd_clr.learning_rate=0.1",
      "study.methods.sgd_clr.learning_rate: expected null for schedule triangular"),
     ("+study.methods.x={optimizer:lion,learning_rate:0.1}", "study.methods.x.optimizer"),
+    ("study.test=[breast_cancer,penguins,digits]",
+     "study.test: expected every table in exactly one of study.dev and study.test, got digits "
+     "in both"),
+    ("study.test=[breast_cancer]",
+     "study.dev: expected every table of study.datasets in study.dev or study.test, got "
+     "penguins in neither"),
+    ("study.dev=[cardio,diabetes,digits,wine]",
+     "study.dev: expected tables of study.datasets (cardio, breast_cancer, diabetes, digits, "
+     "penguins), got wine"),
+    ("study.dev=[cardio,cardio,diabetes,digits]",
+     "study.dev: expected each table once, got cardio twice"),
+    ("study.dev=[]", "study.dev: expected at least one development table"),
+    ("study.dev=[hotels]", "study.dev.0: expected one of 'cardio'"),
 ])
 def test_bad_study_config_is_one_line_naming_the_key(project, override, message):
     result = CliRunner().invoke(cli.main, ["study", override])
@@ -251,7 +266,8 @@ def test_figures_draw_zero_width_and_diverged_rows():
 
 def test_a_failing_training_fails_the_study_with_one_line_and_no_outputs(project):
     result = CliRunner().invoke(cli.main, [
-        "study", "study.datasets={breast_cancer:{epochs:1,batch_size:64}}", "study.seeds=2",
+        "study", "study.datasets={breast_cancer:{epochs:1,batch_size:64}}",
+        "study.dev=[breast_cancer]", "study.test=[]", "study.seeds=2",
         "study.grid_seeds=2", "study.grid={sgd:{low:0.01,high:0.1,points:2}}",
         "study.methods={bad:{optimizer:sgd,learning_rate:0.1,options:{no_such_option:1}}}",
         "study.ray.num_cpus=2",
