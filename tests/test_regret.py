@@ -187,3 +187,32 @@ def test_the_test_tables_cannot_influence_the_choice():
     # while the dev tables do decide it
     assert regret.lr_rule(*study(dev_best=(0, 0)), dev=["a", "b"], test=["c"])["chosen"] == \
         "base_lr"
+
+
+def test_sweep_suggestions_are_the_range_tests_own_from_its_raw_curves():
+    from clrpipe import range_test as rt
+    from clrpipe.settings import RangeTestParams
+    from tests.test_range_test import _curve
+
+    cfg = RangeTestParams(seeds=3)
+    curves = [_curve(s, c) for s, c in enumerate((0.1, 0.2, 0.4))]
+    direct = rt.analyse(curves, cfg)
+    found = regret.sweep_suggestions([(c.lrs.tolist(), c.losses.tolist()) for c in curves], cfg)
+    assert found == direct.suggestions and found["valley"] is not None
+    rates = regret.candidate_rates({"base_lr": direct.base_lr, "max_lr": direct.max_lr,
+                                    "suggestions": found})
+    assert rates == {rule: direct.constant_lr(rule) for rule in regret.CANDIDATES}
+
+
+def test_the_library_default_is_the_rule_the_committed_study_chose():
+    import json
+
+    from tests.conftest import REPO
+
+    found = json.loads((REPO / "metrics" / "study.json").read_text())
+    if "lr_rule" not in found:
+        pytest.skip("metrics/study.json has no lr_rule yet: regenerate it with "
+                    "`dvc repro study/dvc.yaml`, then set suggestions.DEFAULT_LR_RULE to it")
+    assert found["lr_rule"]["chosen"] == suggestions.DEFAULT_LR_RULE, (
+        "set clrpipe.suggestions.DEFAULT_LR_RULE to the study's choice (metrics/study.json "
+        "lr_rule.chosen), or explain why not")

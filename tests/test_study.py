@@ -72,6 +72,9 @@ def test_dataset_summary_matches_a_hand_calculation():
     # the oracle: the grid point with the best mean final validation score (0.76 vs 0.61)
     assert found["oracle"] == "oracle_sgd"
     assert found["oracles"]["oracle_sgd"]["grid_point"] == "grid_sgd_0.1"
+    # every grid point's per-seed final validation and test scores (the rules' regret reads them)
+    assert found["oracles"]["oracle_sgd"]["points"]["grid_sgd_0.01"] == {
+        "learning_rate": 0.01, "val": [0.61] * 5, "test": [0.60, 0.61, 0.62, 0.60, 0.61]}
     assert found["target_val"] == pytest.approx(0.74)
     clr = found["methods"]["clr"]
     # mean 0.72 on 200 test rows, Wilson with z = 1.959964 (z^2 = 3.841459):
@@ -218,6 +221,24 @@ def test_every_method_and_dataset_is_in_the_report_with_its_seeds(tiny_study):
         assert row["test_rows"] > 0
         if row["verdict"] != "oracle" and row["paired_p"] is not None:
             assert row["paired_p"] <= row["paired_p_holm"] <= 1, name
+    rule = found["lr_rule"]  # chosen on diabetes alone, reported on penguins
+    assert (rule["dev"], rule["test"]) == (["diabetes"], ["penguins"])
+    assert rule["chosen"] in rule["candidates"] and "base_lr" in rule["candidates"]
+    assert rule["dev_regret"][rule["chosen"]]["mean"] == min(
+        r["mean"] for r in rule["dev_regret"].values())
+    for table in ("diabetes", "penguins"):
+        assert set(rule["per_table"][table]) == {"sgd", "adam"}
+        for family, cells in rule["per_table"][table].items():
+            rt = found["dataset_details"][table]["range_tests"][family]
+            assert cells["geometric_mean"]["lr"] == pytest.approx(
+                (rt["base_lr"] * rt["max_lr"]) ** 0.5)
+            assert cells["max_lr"]["lr"] == rt["max_lr"]
+            assert set(rt["suggestions"]) >= {"valley", "minimum", "steepest"}
+            points = found["results"][table]["oracles"][f"oracle_{family}"]["points"]
+            assert cells["base_lr"]["grid_lr"] in [p["learning_rate"] for p in points.values()]
+    report = (tiny_study / "reports/study.md").read_text()
+    assert "## The constant rate: `RangeTestResult.lr`" in report
+    assert f"| {rule['chosen']} (chosen) |" in report
     report = (tiny_study / "reports/study.md").read_text()
     assert report.count("Finder suggestions on the same sweeps") == 2
     assert all(f"| {name} |" in report for name in [*s.methods, "oracle_sgd", "oracle_adam"])

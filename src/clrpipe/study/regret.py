@@ -45,6 +45,7 @@ __all__ = [
     "markdown",
     "nearest",
     "pooled",
+    "sweep_suggestions",
 ]
 
 CANDIDATES = tuple(CONSTANT_LR_RULES)
@@ -160,6 +161,17 @@ def choose(dev_regret: Mapping[str, Mapping]) -> str:
     return next(name for name, value in scored if value <= best + TIE)
 
 
+def sweep_suggestions(curves: Sequence[tuple[Sequence[float], Sequence[float]]],
+                      config) -> dict[str, float | None]:
+    """The seeds' median suggestions (`RangeTestResult.suggestions`: valley, minimum, steepest,
+    ...) of a range test, re-derived from its raw curves (lrs, losses) with the sweep's own
+    `RangeTestParams`: the study's range test task returns the curves and bounds, not these."""
+    from clrpipe.range_test import Curve, analyse
+
+    found = analyse([Curve(i, lrs, losses) for i, (lrs, losses) in enumerate(curves)], config)
+    return dict(found.suggestions)
+
+
 def candidate_rates(range_test: Mapping, candidates: Sequence[str] = CANDIDATES) -> dict:
     """Each candidate rule's rate from one range test's entry (`base_lr`, `max_lr` and the
     seeds' median `suggestions`; an entry without them gives those rules None)."""
@@ -184,12 +196,13 @@ def _grid(result: Mapping, family: str, epochs: float) -> Grid | None:
 
 def lr_rule(results: Mapping[str, Mapping], details: Mapping[str, Mapping], *,
             dev: Sequence[str], test: Sequence[str], confidence: float = 0.95,
-            candidates: Sequence[str] = CANDIDATES) -> dict:
+            candidates: Sequence[str] = CANDIDATES) -> dict | None:
     """The `lr_rule` section of `metrics/study.json` from the study's per-table `results` and
     `dataset_details` (grid points with per-seed scores; range tests with bounds, suggestions,
     other finders' rates and steps): every candidate's regret per table and optimizer, pooled
     over dev and over test, the rule chosen on dev, and the other finders' regret for
-    reference (not candidates: `RangeTestResult` does not compute them)."""
+    reference (not candidates: `RangeTestResult` does not compute them). None when no
+    development table has both an SGD or Adam range test and that optimizer's grid."""
     per_table: dict[str, dict] = {}
     finders: dict[str, dict] = {}
     for table in [*dev, *test]:
@@ -216,6 +229,8 @@ def lr_rule(results: Mapping[str, Mapping], details: Mapping[str, Mapping], *,
                               if name in found[t][f]], confidence) for name in names}
 
     dev_regret = pool(per_table, candidates, dev)
+    if all(row["mean"] is None for row in dev_regret.values()):
+        return None
     finder_names = list(dict.fromkeys(n for t in finders.values() for f in t.values() for n in f))
     return {
         "candidates": list(candidates), "dev": list(dev), "test": list(test),
