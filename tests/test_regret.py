@@ -182,6 +182,11 @@ def test_the_test_tables_cannot_influence_the_choice():
         assert found["chosen"] == base["chosen"]
         assert found["dev_regret"] == base["dev_regret"]
     assert found["test_regret"] != base["test_regret"]  # c itself did change
+    results, details = study()  # a grid that diverged everywhere is left out, not fatal
+    for point in results["c"]["oracles"]["oracle_sgd"]["points"].values():
+        point["test"] = [None, None]
+    assert set(regret.lr_rule(results, details, dev=["a", "b"], test=["c"])["per_table"]["c"]) \
+        == {"adam"}
     alone = regret.lr_rule(*study(), dev=["a", "b"], test=[])
     assert alone["chosen"] == base["chosen"] and alone["dev_regret"] == base["dev_regret"]
     # while the dev tables do decide it

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from clrpipe.pipeline import cli, config
 from clrpipe.pipeline.comparison.compare import TrialOutcome
@@ -179,6 +180,13 @@ def test_bad_study_config_is_one_line_naming_the_key(project, override, message)
 # --- the stage -----------------------------------------------------------------------------
 
 
+def tiny_params() -> StudyParams:
+    """`study:` as the tiny run reads it (the CLI's overrides replace a mapping; Hydra's
+    compose would merge `study.datasets` into the five tables)."""
+    cfg = config.load(TINY, params_file=REPO / "params.yaml", conf_dir=REPO / "conf")
+    return parse(StudyParams, OmegaConf.to_container(cfg.study, resolve=True), "study")
+
+
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
@@ -199,7 +207,7 @@ def tiny_study(tmp_path_factory):
 
 def test_every_method_and_dataset_is_in_the_report_with_its_seeds(tiny_study):
     found = json.loads((tiny_study / "metrics/study.json").read_text())
-    s = parse(StudyParams, dict(config.compose(TINY).study), "study")
+    s = tiny_params()
     assert found["datasets"] == ["penguins", "diabetes"]
     assert set(found["dataset_details"]) == {"penguins", "diabetes"}
     for dataset in found["datasets"]:
@@ -256,7 +264,7 @@ def test_one_mlflow_child_run_per_trial_and_the_outputs_as_artifacts(tiny_study)
         [experiment.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'", max_results=1000)
     trials = sorted(c.data.tags["clrpipe.trial"] for c in children)
-    s = parse(StudyParams, dict(config.compose(TINY).study), "study")
+    s = tiny_params()
     expected = sorted(f"{d}/{j.method}/{seed}" for d in ("penguins", "diabetes")
                       for j in core.plan(s) if j.dataset == d for seed in j.seeds)
     assert trials == expected and len(trials) == 2 * (11 + 4) * 2

@@ -211,8 +211,8 @@ def lr_rule(results: Mapping[str, Mapping], details: Mapping[str, Mapping], *,
         for family in FAMILIES:
             rt = detail.get("range_tests", {}).get(family)
             grid = _grid(result, family, detail["epochs"])
-            if rt is None or grid is None:
-                continue
+            if rt is None or grid is None or not np.isfinite(_means(grid.test)).any():
+                continue  # no sweep, no grid, or a grid that diverged everywhere
             sweep = float(sum(rt["steps"]) * rt["batch_size"] / detail["fit_rows"])
             rates = candidate_rates(rt, candidates)
             per_table[table][family] = {
