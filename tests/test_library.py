@@ -31,7 +31,8 @@ model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(16, 3, act
 CHECK = '''
 accuracy = model.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"]
 majority = np.bincount(y_test).max() / len(y_test)
-assert 0 < result.base_lr < result.lr < result.max_lr and type(ax).__name__ == "Axes", result
+assert 0 < result.base_lr < result.max_lr and result.lr > 0, result  # lr: the study's rule
+assert type(ax).__name__ == "Axes", ax
 print(f"README example: bounds {result.base_lr:.3g}..{result.max_lr:.3g}, lr {result.lr:.3g}, "
       f"held-out accuracy {accuracy:.3f} (majority class {majority:.3f})")
 assert accuracy > majority + 0.5, (accuracy, majority)

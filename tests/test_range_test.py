@@ -371,19 +371,23 @@ def test_the_sweep_stops_where_its_configured_smoothing_diverges(smoothing):
 
 
 def test_lr_is_the_default_rule_and_every_rule_is_one_function():
-    """`.lr` is `DEFAULT_LR_RULE` (the pair's geometric mean, what compare and the study use);
-    the other rules read the seeds' median suggestions; an unknown rule is a one-line error."""
+    """`.lr` is `DEFAULT_LR_RULE` (whichever rule the study chose: tests/test_regret.py);
+    the pair's geometric mean is what compare and the study's methods use; the other rules read
+    the seeds' median suggestions; an unknown rule is a one-line error."""
     from clrpipe import suggestions
     from clrpipe.pipeline.comparison.compare import suggested_constant_lr
 
     res = rt.analyse([_curve(s, 0.1) for s in range(3)], RangeTestParams(seeds=3))
-    assert suggestions.DEFAULT_LR_RULE == "geometric_mean"
-    assert res.lr == math.sqrt(res.base_lr * res.max_lr)
-    assert res.lr == suggested_constant_lr((res.base_lr, res.max_lr))
+    assert suggestions.DEFAULT_LR_RULE in suggestions.CONSTANT_LR_RULES
+    assert res.lr == res.constant_lr(suggestions.DEFAULT_LR_RULE) is not None
+    geometric = res.constant_lr("geometric_mean")
+    assert geometric == math.sqrt(res.base_lr * res.max_lr)
+    assert geometric == suggested_constant_lr((res.base_lr, res.max_lr))
     assert res.constant_lr("arithmetic_mean") == (res.base_lr + res.max_lr) / 2
+    assert (res.constant_lr("base_lr"), res.constant_lr("max_lr")) == (res.base_lr, res.max_lr)
     for rule in ("valley", "minimum", "steepest"):
         assert res.constant_lr(rule) == res.suggestions[rule] is not None
-    assert res.base_lr < res.lr < res.max_lr
+    assert res.base_lr < geometric < res.max_lr
     with pytest.raises(ClrpipeError, match=r"^rule: expected one of geometric_mean, .*'mean'$"):
         res.constant_lr("mean")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from clrpipe.pipeline import cli, config
 from clrpipe.pipeline.comparison.compare import TrialOutcome
@@ -24,6 +25,8 @@ from tests.conftest import REPO
 
 TINY = (
     "study.datasets={penguins:{epochs:2,batch_size:16},diabetes:{epochs:2,batch_size:32}}",
+    "study.dev=[diabetes]",
+    "study.test=[penguins]",
     "study.seeds=2",
     "study.grid_seeds=2",
     *(f"study.range_test.{name}.{key}={value}" for name in ("sgd", "adam", "muon", "adamw_ema")
@@ -70,6 +73,9 @@ def test_dataset_summary_matches_a_hand_calculation():
     # the oracle: the grid point with the best mean final validation score (0.76 vs 0.61)
     assert found["oracle"] == "oracle_sgd"
     assert found["oracles"]["oracle_sgd"]["grid_point"] == "grid_sgd_0.1"
+    # every grid point's per-seed final validation and test scores (the rules' regret reads them)
+    assert found["oracles"]["oracle_sgd"]["points"]["grid_sgd_0.01"] == {
+        "learning_rate": 0.01, "val": [0.61] * 5, "test": [0.60, 0.61, 0.62, 0.60, 0.61]}
     assert found["target_val"] == pytest.approx(0.74)
     clr = found["methods"]["clr"]
     # mean 0.72 on 200 test rows, Wilson with z = 1.959964 (z^2 = 3.841459):
@@ -150,6 +156,19 @@ def test_plan_has_every_method_and_grid_point_per_dataset():
     ("+study.methods.sgd_clr.learning_rate=0.1",
      "study.methods.sgd_clr.learning_rate: expected null for schedule triangular"),
     ("+study.methods.x={optimizer:lion,learning_rate:0.1}", "study.methods.x.optimizer"),
+    ("study.test=[breast_cancer,penguins,digits]",
+     "study.test: expected every table in exactly one of study.dev and study.test, got digits "
+     "in both"),
+    ("study.test=[breast_cancer]",
+     "study.dev: expected every table of study.datasets in study.dev or study.test, got "
+     "penguins in neither"),
+    ("study.dev=[cardio,diabetes,digits,wine]",
+     "study.dev: expected tables of study.datasets (cardio, breast_cancer, diabetes, digits, "
+     "penguins), got wine"),
+    ("study.dev=[cardio,cardio,diabetes,digits]",
+     "study.dev: expected each table once, got cardio twice"),
+    ("study.dev=[]", "study.dev: expected at least one development table"),
+    ("study.dev=[hotels]", "study.dev.0: expected one of 'cardio'"),
 ])
 def test_bad_study_config_is_one_line_naming_the_key(project, override, message):
     result = CliRunner().invoke(cli.main, ["study", override])
@@ -159,6 +178,13 @@ def test_bad_study_config_is_one_line_naming_the_key(project, override, message)
 
 
 # --- the stage -----------------------------------------------------------------------------
+
+
+def tiny_params() -> StudyParams:
+    """`study:` as the tiny run reads it (the CLI's overrides replace a mapping; Hydra's
+    compose would merge `study.datasets` into the five tables)."""
+    cfg = config.load(TINY, params_file=REPO / "params.yaml", conf_dir=REPO / "conf")
+    return parse(StudyParams, OmegaConf.to_container(cfg.study, resolve=True), "study")
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +207,7 @@ def tiny_study(tmp_path_factory):
 
 def test_every_method_and_dataset_is_in_the_report_with_its_seeds(tiny_study):
     found = json.loads((tiny_study / "metrics/study.json").read_text())
-    s = parse(StudyParams, dict(config.compose(TINY).study), "study")
+    s = tiny_params()
     assert found["datasets"] == ["penguins", "diabetes"]
     assert set(found["dataset_details"]) == {"penguins", "diabetes"}
     for dataset in found["datasets"]:
@@ -203,6 +229,24 @@ def test_every_method_and_dataset_is_in_the_report_with_its_seeds(tiny_study):
         assert row["test_rows"] > 0
         if row["verdict"] != "oracle" and row["paired_p"] is not None:
             assert row["paired_p"] <= row["paired_p_holm"] <= 1, name
+    rule = found["lr_rule"]  # chosen on diabetes alone, reported on penguins
+    assert (rule["dev"], rule["test"]) == (["diabetes"], ["penguins"])
+    assert rule["chosen"] in rule["candidates"] and "base_lr" in rule["candidates"]
+    assert rule["dev_regret"][rule["chosen"]]["mean"] == min(
+        r["mean"] for r in rule["dev_regret"].values())
+    for table in ("diabetes", "penguins"):
+        assert set(rule["per_table"][table]) == {"sgd", "adam"}
+        for family, cells in rule["per_table"][table].items():
+            rt = found["dataset_details"][table]["range_tests"][family]
+            assert cells["geometric_mean"]["lr"] == pytest.approx(
+                (rt["base_lr"] * rt["max_lr"]) ** 0.5)
+            assert cells["max_lr"]["lr"] == rt["max_lr"]
+            assert set(rt["suggestions"]) >= {"valley", "minimum", "steepest"}
+            points = found["results"][table]["oracles"][f"oracle_{family}"]["points"]
+            assert cells["base_lr"]["grid_lr"] in [p["learning_rate"] for p in points.values()]
+    report = (tiny_study / "reports/study.md").read_text()
+    assert "## The constant rate: `RangeTestResult.lr`" in report
+    assert f"| {rule['chosen']} (chosen) |" in report
     report = (tiny_study / "reports/study.md").read_text()
     assert report.count("Finder suggestions on the same sweeps") == 2
     assert all(f"| {name} |" in report for name in [*s.methods, "oracle_sgd", "oracle_adam"])
@@ -220,7 +264,7 @@ def test_one_mlflow_child_run_per_trial_and_the_outputs_as_artifacts(tiny_study)
         [experiment.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'", max_results=1000)
     trials = sorted(c.data.tags["clrpipe.trial"] for c in children)
-    s = parse(StudyParams, dict(config.compose(TINY).study), "study")
+    s = tiny_params()
     expected = sorted(f"{d}/{j.method}/{seed}" for d in ("penguins", "diabetes")
                       for j in core.plan(s) if j.dataset == d for seed in j.seeds)
     assert trials == expected and len(trials) == 2 * (11 + 4) * 2
@@ -251,7 +295,8 @@ def test_figures_draw_zero_width_and_diverged_rows():
 
 def test_a_failing_training_fails_the_study_with_one_line_and_no_outputs(project):
     result = CliRunner().invoke(cli.main, [
-        "study", "study.datasets={breast_cancer:{epochs:1,batch_size:64}}", "study.seeds=2",
+        "study", "study.datasets={breast_cancer:{epochs:1,batch_size:64}}",
+        "study.dev=[breast_cancer]", "study.test=[]", "study.seeds=2",
         "study.grid_seeds=2", "study.grid={sgd:{low:0.01,high:0.1,points:2}}",
         "study.methods={bad:{optimizer:sgd,learning_rate:0.1,options:{no_such_option:1}}}",
         "study.ray.num_cpus=2",

@@ -397,7 +397,7 @@ class RangeTestResult:
 
     def constant_lr(self, rule: str = DEFAULT_LR_RULE) -> float | None:
         """The constant LR `rule` suggests (`geometric_mean`, `arithmetic_mean`, `valley`,
-        `minimum`, `steepest`: `clrpipe.suggestions.CONSTANT_LR_RULES`)."""
+        `minimum`, `steepest`, `base_lr`, `max_lr`: `clrpipe.suggestions.CONSTANT_LR_RULES`)."""
         return constant_lr(self.base_lr, self.max_lr, self.method_medians, rule)
 
     def plot(self, ax=None, *, accuracy_ax=None):

@@ -148,6 +148,16 @@ def arithmetic_mean(base_lr: float, max_lr: float, suggestions: Mapping[str, flo
     return (base_lr + max_lr) / 2
 
 
+def lower_bound(base_lr: float, max_lr: float, suggestions: Mapping[str, float | None]):
+    """base_lr: the cycle's bottom, the cautious end of the pair."""
+    return base_lr
+
+
+def upper_bound(base_lr: float, max_lr: float, suggestions: Mapping[str, float | None]):
+    """max_lr: the cycle's peak, the bold end of the pair."""
+    return max_lr
+
+
 def _suggested(method: str) -> LrRule:
     def rule(base_lr: float, max_lr: float, suggestions: Mapping[str, float | None]):
         return suggestions.get(method)
@@ -162,6 +172,8 @@ CONSTANT_LR_RULES: dict[str, LrRule] = {
     "valley": _suggested("valley"),
     "minimum": _suggested("minimum"),
     "steepest": _suggested("steepest"),
+    "base_lr": lower_bound,
+    "max_lr": upper_bound,
 }
 DEFAULT_LR_RULE = "geometric_mean"
 

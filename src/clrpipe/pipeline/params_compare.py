@@ -178,11 +178,14 @@ class StudyParams(Section):
     steps_per_execution: PositiveInt = 64
     range_test: dict[Literal[STUDY_OPTIMIZERS], RangeTestParams] = {}
     ray: RayParams = RayParams()
+    dev: list[Literal[STUDY_DATASETS]] = []
+    test: list[Literal[STUDY_DATASETS]] = []
 
     @model_validator(mode="after")
     def _known(self) -> StudyParams:
         if not self.datasets or not self.methods:
             raise ValueError("datasets: expected at least one dataset and one method")
+        self._check_sets()
         for name, method in self.methods.items():
             if name.startswith("oracle"):
                 raise ValueError(f"methods: the name {name} is reserved for the tuned oracle")
@@ -190,3 +193,25 @@ class StudyParams(Section):
                 raise ValueError(f"range_test: expected a sweep for optimizer "
                                  f"{method.optimizer} (used by methods.{name}), got none")
         return self
+
+    def _check_sets(self) -> None:
+        """Every table in exactly one of `dev` (where the study's rules are chosen) and `test`
+        (where they are reported), at least one in `dev`."""
+        tables = ", ".join(self.datasets)
+        for key, named in (("dev", self.dev), ("test", self.test)):
+            for table in named:
+                if table not in self.datasets:
+                    raise ValueError(f"{key}: expected tables of study.datasets ({tables}), "
+                                     f"got {table}")
+                if named.count(table) > 1:
+                    raise ValueError(f"{key}: expected each table once, got {table} twice")
+        for table in self.test:
+            if table in self.dev:
+                raise ValueError(f"test: expected every table in exactly one of study.dev and "
+                                 f"study.test, got {table} in both")
+        if not self.dev:
+            raise ValueError("dev: expected at least one development table, got none")
+        missing = [t for t in self.datasets if t not in self.dev and t not in self.test]
+        if missing:
+            raise ValueError(f"dev: expected every table of study.datasets in study.dev or "
+                             f"study.test, got {', '.join(missing)} in neither")

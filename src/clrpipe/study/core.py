@@ -188,6 +188,10 @@ def summarize_dataset(
             "family": family, "grid_point": best.method, "learning_rate": best.learning_rate,
             "val_score": best_val if math.isfinite(best_val) else None,
             "grid": {j.method: (v if math.isfinite(v) else None) for v, j in scored},
+            "points": {j.method: {
+                "learning_rate": j.learning_rate,
+                "val": [_final_val(t) for t in by_method.get(j.method, [])],
+                "test": [t.test_score for t in by_method.get(j.method, [])]} for j in points},
             "compute_epochs": float(sum(j.epochs for j in points)),
         }
         by_method[oracle_name(family)] = by_method.get(best.method, [])
@@ -387,6 +391,10 @@ def markdown(found: dict) -> str:
         if row["oracle"]:
             wtl += f" (oracle on {row['oracle']})"
         lines.append(f"| {name} | {row['mean_rank']:.2f} | {wtl} | {gaps} |")
+    if found.get("lr_rule"):
+        from clrpipe.study import regret
+
+        lines += regret.markdown(found["lr_rule"])
     for dataset in found["datasets"]:
         res = found["results"][dataset]
         metric = res["metric"]

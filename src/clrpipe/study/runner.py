@@ -21,7 +21,7 @@ from clrpipe.pipeline.comparison.methods import build_optimizer, range_test_task
 from clrpipe.pipeline.params import ModelParams, StudyParams
 from clrpipe.pipeline.training import loop
 from clrpipe.pipeline.training.trial import SplitArrays
-from clrpipe.study import packed
+from clrpipe.study import packed, regret
 from clrpipe.study.core import Job
 
 __all__ = ["run_tasks", "schedule_of", "train_job_task"]
@@ -143,6 +143,8 @@ def run_tasks(ray, jobs: Sequence[Job], splits: Mapping[str, SplitArrays],
             raise ClrpipeError(f"study: range test of {what[1]} on {what[0]} failed: "
                                f"{reason}") from None
         if kind == "range_test":
+            out["suggestions"] = regret.sweep_suggestions(out["curves"],
+                                                          study.range_test[what[1]])
             tests[what] = out
             for job in jobs:
                 if job.needs_range_test and (job.dataset, job.optimizer) == what:

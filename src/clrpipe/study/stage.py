@@ -33,7 +33,7 @@ from clrpipe.pipeline.params import (
     StudyParams,
 )
 from clrpipe.pipeline.tracking import runs
-from clrpipe.study import core, datasets, runner
+from clrpipe.study import core, datasets, regret, runner
 
 __all__ = ["STAGES", "StudyReads", "run"]
 
@@ -84,6 +84,10 @@ def run(cfg: DictConfig) -> dict:
                 jobs, results, tests, details, seeds=s.seeds, grid_seeds=s.grid_seeds,
                 tolerance=s.tolerance, confidence=s.confidence,
                 seconds=time.perf_counter() - started)
+            rule = regret.lr_rule(found["results"], found["dataset_details"], dev=s.dev,
+                                  test=s.test, confidence=s.confidence)
+            if rule is not None:
+                found["lr_rule"] = rule
             _write_outputs(tracked, found, curves)
     finally:
         ray.shutdown()
