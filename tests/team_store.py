@@ -136,8 +136,11 @@ def writer(url: str, experiment_id: str, index: int, points: int, pause: float =
 
     for key, setting in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, setting)
+    import logging
+
     from mlflow.tracking import MlflowClient
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "View run" line per run
     client = MlflowClient(url)
     run = client.create_run(experiment_id, run_name=f"writer-{index}")
     run_id = run.info.run_id
