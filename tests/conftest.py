@@ -72,6 +72,17 @@ def trained_project(real_split: Path, tmp_path: Path, monkeypatch: pytest.Monkey
     return tmp_path
 
 
+@pytest.fixture(scope="module")
+def postgres_server(tmp_path_factory) -> str:
+    """A team's server: a real throwaway PostgreSQL 15 and `clrpipe server` on it (proxied
+    artifacts in tmp, no auth: tests/test_server.py covers auth). One per test module."""
+    from tests import team_store
+
+    with team_store.postgres() as pg, team_store.tracking_server(
+            pg.uri, tmp_path_factory.mktemp("postgres_server"), workers=2) as url:
+        yield url
+
+
 def _start_mlflow_server(root: Path) -> tuple[str, subprocess.Popen, object]:
     """A real `mlflow server` on a free 127.0.0.1 port in its own session (SQLite backend and
     proxied artifacts in `root`), once its /health answers: (url, process, log file)."""

@@ -363,7 +363,10 @@ def find_exp(shown, name: str) -> dict:
     pytest.fail(f"experiment {name} not in dvc exp show --json")
 
 
-def test_queue_two_experiments_in_parallel_against_mlflow_server(pipeline, mlflow_server):
+def test_queue_two_experiments_in_parallel_against_a_postgres_server(pipeline, postgres_server):
+    """Two queued experiments run by two DVC workers at once, both logging to a team's
+    `clrpipe server` on PostgreSQL: every stage run FINISHED there, none in the local store."""
+    mlflow_server = postgres_server
     root = pipeline.root
     experiments = {"q-tri2": "triangular2", "q-exprange": "exp_range"}
     try:

@@ -62,7 +62,9 @@ def _kill_group(process: subprocess.Popen) -> None:
 
 
 @pytest.mark.slow
-def test_compare_survives_losing_a_worker_node(small_project, cluster):
+def test_compare_survives_losing_a_worker_node(small_project, cluster, postgres_server):
+    """`compare` on a two-node Ray cluster, logging to a team's server on PostgreSQL, loses a
+    worker node mid-trial: Ray retries the trial and every trial's run is FINISHED there."""
     resources = sorted(cluster.nodes, key=lambda r: WORKER_RESOURCE in r)
     assert [r.get("CPU") for r in resources] == [1.0, 1.0]
     assert WORKER_RESOURCE in resources[1] and WORKER_RESOURCE not in resources[0]
@@ -78,7 +80,7 @@ def test_compare_survives_losing_a_worker_node(small_project, cluster):
         driver = subprocess.Popen(
             [str(CLRPIPE), "compare", f"compare.ray.address={cluster.address}",
              f"compare.select=[{','.join(NETWORKS)}]", f"compare.seeds={len(SEEDS)}",
-             "compare.epochs=2"],
+             "compare.epochs=2", f"tracking.uri={postgres_server}"],
             cwd=small_project, env=cluster.env(), stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
@@ -125,7 +127,7 @@ def test_compare_survives_losing_a_worker_node(small_project, cluster):
     table = pd.read_csv(small_project / "plots" / "compare" / "trials.csv")
     assert sorted(zip(table.method, table.seed, strict=True)) == trials
 
-    client = MlflowClient(f"sqlite:///{small_project / 'mlflow.db'}")
+    client = MlflowClient(postgres_server)
     experiment = client.get_experiment_by_name("clrpipe")
     (run,) = client.search_runs(
         [experiment.experiment_id], filter_string="tags.`clrpipe.stage` = 'compare'"

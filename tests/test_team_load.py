@@ -61,9 +61,9 @@ def test_eight_writers_at_once_lose_nothing(backend, postgres, tmp_path):
 
 
 def test_a_database_restart_mid_run_loses_nothing(postgres, tmp_path):
-    """PostgreSQL stopped for two seconds while a writer logs (after its tenth point): the server answers 503
-    (MLflow maps SQLAlchemy's OperationalError to TEMPORARILY_UNAVAILABLE), the client retries
-    with clrpipe's HTTP_DEFAULTS, and the server's pool (pre-ping) reconnects."""
+    """PostgreSQL stopped for two seconds after the writer's tenth point: the server answers
+    503 (MLflow maps SQLAlchemy's OperationalError to TEMPORARILY_UNAVAILABLE), the client
+    retries with clrpipe's HTTP_DEFAULTS, and the server's pool (pre-ping) reconnects."""
     with team_store.tracking_server(postgres.uri, tmp_path / "server") as url:
         client = MlflowClient(url)
         experiment_id = client.create_experiment("restart")
