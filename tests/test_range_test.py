@@ -153,6 +153,33 @@ def test_loss_rule_and_multi_seed_median_and_spread():
     assert res.max_spread.ratio > 2 and not res.methods_disagree
 
 
+def _blowing_up(seed=0):
+    """A 100-batch sweep like a small table's (batch 16: noisy), falling to a floor near 0.02,
+    rising after 0.2, then blowing up by 1e3 a batch past lr 1: the causal EMA stops it a few
+    batches into the blow-up, with losses up to 1e12 already in the analysed part."""
+    lrs = np.logspace(-4, 1, 100)
+    loss = _bowl(lrs, 0.2, 0.02) * np.random.default_rng(seed).lognormal(0, 0.3, 100)
+    loss[lrs > 1.0] *= 1e3 ** np.arange(1, (lrs > 1.0).sum() + 1)
+    return rt.Curve(seed=seed, lrs=lrs, losses=loss)
+
+
+def test_a_blow_up_before_the_stop_does_not_drag_the_edge_back():
+    curve, cfg = _blowing_up(), RangeTestParams(num_steps=100)
+    a = rt.analyse_curve(curve, cfg)
+    assert a.stop is not None and curve.losses[: a.stop].max() > 1e9
+    true_edge = curve.lrs[rt.edge_index(np.log(_bowl(curve.lrs, 0.2, 0.02)))]
+    assert true_edge / 5 < a.suggestions.ceiling <= true_edge
+    # Uncapped, the backward EMA carries the 1e12 losses back to the sweep's start.
+    skip = int(rt.SKIP_START_FRACTION * a.stop)
+    uncapped = rt.smooth_two_sided(curve.losses[: a.stop], cfg.beta)[skip:]
+    assert curve.lrs[skip + rt.edge_index(np.log(uncapped))] < 1e-3
+    # The cap is the divergence threshold: a curve that never crosses it is smoothed as is.
+    lrs = np.logspace(-4, 0, 100)
+    calm = rt.analyse_curve(rt.Curve(seed=0, lrs=lrs, losses=_bowl(lrs, 0.3, 0.01)), cfg)
+    assert calm.stop is None
+    assert np.array_equal(calm.smoothed, rt.smooth_two_sided(calm.curve.losses, cfg.beta))
+
+
 def test_seed_spread_and_method_disagreement_flags():
     cfg = RangeTestParams()
     spread = rt.analyse([_curve(0, 0.01), _curve(1, 0.1), _curve(2, 1.0)], cfg)
