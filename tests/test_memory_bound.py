@@ -9,7 +9,7 @@ today's `prepare` peaks at 1.98 GB (113 s) and `split` at 4.12 GB (107 s), both 
 whole table. A stage streaming row groups holds a batch (~50 MB at 250k rows) plus its
 per-column state and its imports (`clrpipe params` alone: 45 MB), so `BOUND` (1 GiB) is
 loose for that and below any whole-table load. Streaming is not built yet (#23 item 5): the
-test is a strict xfail until it is, and then guards it.
+test is skipped until it is (a strict xfail cost CI a minute), and then guards it.
 """
 
 from __future__ import annotations
@@ -70,8 +70,9 @@ def stage_peak(exe: Path, stage: str, cwd: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "#23 item 5 not built: prepare (1.98 GB) and split (4.12 GB) load the whole 2M-row table"))
+@pytest.mark.skip(reason=(
+    "#23 item 5 not built: prepare (1.98 GB) and split (4.12 GB) load the whole 2M-row table; "
+    "skipped, not xfailed, to spare CI the minute it takes to fail"))
 def test_prepare_and_split_stream_a_2m_row_table_in_bounded_memory(project):
     raw = project / "data" / "raw" / "big.parquet"
     raw.parent.mkdir(parents=True)
