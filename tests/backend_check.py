@@ -74,11 +74,16 @@ class Batches(keras.utils.PyDataset):
 
 
 results = {}
-for name, data in (("arrays", (X, Y)), ("PyDataset", (Batches(),))):
-    tested, untouched = model_pair()
+for name, data, optimizer in (
+    ("arrays", (X, Y), lambda: keras.optimizers.Adam(1e-3)),
+    ("PyDataset", (Batches(),), lambda: keras.optimizers.Adam(1e-3)),
+    # x in the model after fit; each twin's next compiled step restores y (#24: JAX's cond)
+    ("schedule-free", (X, Y), lambda: ScheduleFreeAdamW(1e-2)),
+):
+    tested, untouched = model_pair(optimizer)
     keras.random.randint((1,), 0, 9)  # the global SeedGenerator exists and has advanced
     before = state(tested)
-    kwargs = {"batch_size": 32} if name == "arrays" else {}
+    kwargs = {} if name == "PyDataset" else {"batch_size": 32}
     result = lr_range_test(tested, *data, num_steps=40, seeds=2, min_lr=1e-4, max_lr=1.0,
                            validation_data=(X[:96], Y[:96]), val_every=10, **kwargs)
     same(before, state(tested))
@@ -124,12 +129,24 @@ assert 0 < finder.result.base_lr < finder.result.max_lr
 for make in (lambda: keras.optimizers.Adam(CyclicalLearningRate(1e-3, 1e-2, step_size=6)),
              lambda: keras.optimizers.SGD(OneCycleLearningRate(1e-2, total_steps=24)),
              lambda: ScheduledMomentumSGD(1e-2, CyclicalLearningRate(0.85, 0.95, step_size=6)),
-             lambda: Prodigy(1.0),
-             # JAX: Keras's fit purges optimizer variables before finalize_variable_values, which
-             # the schedule-free port reads (to put the average in); not yet supported there
-             *([] if BACKEND == "jax" else [lambda: ScheduleFreeAdamW(1e-2)])):
+             lambda: Prodigy(1.0)):
     m, _ = model_pair(make)
     loss = m.fit(X, Y, batch_size=64, epochs=2, verbose=0).history["loss"][-1]
     assert np.isfinite(loss), (make, loss)
+
+# Schedule-free in Keras's own compiled fit: x (the average) in the model after each fit, y put
+# back by the next fit's first step; the loss falls across fits.
+schedule_free, _ = model_pair(lambda: ScheduleFreeAdamW(1e-2))
+sf = schedule_free.optimizer
+first = schedule_free.evaluate(X, Y, verbose=0, return_dict=True)["loss"]
+assert int(keras.ops.convert_to_numpy(sf.evaluating)) == 1, "x not in the model after fit"
+x_before = [w.copy() for w in schedule_free.get_weights()]
+losses = schedule_free.fit(X, Y, batch_size=64, epochs=3, verbose=0).history["loss"]
+assert int(keras.ops.convert_to_numpy(sf.evaluating)) == 1, "x not in the model after fit"
+assert int(keras.ops.convert_to_numpy(sf.iterations)) == 6 + 18, sf.iterations
+assert not any(np.array_equal(a, b) for a, b in zip(x_before, schedule_free.get_weights(),
+                                                    strict=True)), "fit did not move the weights"
+last = schedule_free.evaluate(X, Y, verbose=0, return_dict=True)["loss"]
+assert np.all(np.isfinite(losses)) and last < first, (first, losses, last)
 
 print(f"backend check ok: {BACKEND} {results} divergence stop at {steps[0]} of 200")

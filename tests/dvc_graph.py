@@ -1,7 +1,8 @@
 """What each DVC stage really depends on, computed from the code, and what `dvc.yaml` lacks.
 
-Code: the project modules a stage's process imports, transitively: `cli`'s top-level
-imports (the command DVC runs) plus everything its stage module imports, at any depth and
+Code: the project modules a stage's process imports, transitively: the `clrpipe` console
+script's module (`entry`, from pyproject.toml) and `cli`'s top-level imports (the command DVC
+runs) plus everything its stage module imports, at any depth and
 inside functions too (a function-level import may run), and the files a module names in its
 `RUN_FILES` (scripts it runs in another interpreter). Every stage also depends on `uv.lock`:
 the locked library versions change results.
@@ -17,6 +18,7 @@ import ast
 import functools
 import importlib
 import re
+import tomllib
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +33,8 @@ STAGE_MODULES = ("fetch", "prepare", "split", "range_test", "train", "compare", 
 DVC_FILES = ("dvc.yaml", "study/dvc.yaml")
 """The pipelines: the default one, and the study's (run by `dvc repro study/dvc.yaml`)."""
 ALWAYS = ("uv.lock",)
+SCRIPT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["clrpipe"]
+"""`module:function` the `clrpipe` command DVC runs starts in."""
 
 
 def module_file(name: str) -> Path | None:
@@ -95,7 +99,8 @@ def closure(roots: dict[str, bool]) -> set[str]:
 @functools.cache
 def code_deps(module: str) -> frozenset[str]:
     """Repo-relative files a stage's process runs: its modules, their RUN_FILES, `uv.lock`."""
-    modules = closure({"clrpipe.pipeline.cli": True, stage_module(module): False})
+    modules = closure({SCRIPT.split(":")[0]: True, "clrpipe.pipeline.cli": True,
+                       stage_module(module): False})
     files = {str(module_file(m).relative_to(REPO)) for m in modules}
     for name in modules:
         files.update(getattr(importlib.import_module(name), "RUN_FILES", ()))

@@ -2,8 +2,9 @@
 `plot` (matplotlib, for the README's `result.plot()`) plus one backend in a fresh venv under
 `build/venvs/<backend>` (kept between runs; the wheel is reinstalled each session). In each,
 `tests/backend_check.py` (arrays and a `PyDataset`, bit-for-bit restore, divergence stop,
-`LRFinder`, schedules, optimizer ports) runs with `KERAS_BACKEND` set, and on JAX (no
-TensorFlow installed) the README's example too (once: it trains for minutes on 2 busy cores).
+`LRFinder`, schedules, optimizer ports) runs with `KERAS_BACKEND` set, the `clrpipe` script
+says in one line that it needs the `pipeline` extra, and on JAX (no TensorFlow installed) the
+README's example too (once: it trains for minutes on 2 busy cores).
 JAX and TensorFlow come from the registry through uv; PyTorch through the venv's own pip
 (`torch==2.13.0` is a CPU wheel on these machines' disk, which uv cannot see)."""
 
@@ -33,6 +34,10 @@ keras.utils.set_random_seed(0)
 model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(16, 3, activation="relu"),
                           keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
 '''
+
+NO_PIPELINE = ("error: the clrpipe command needs the pipeline extra (no module named 'click'): "
+               "pip install 'clrpipe[pipeline]'\n")
+"""The `clrpipe` script without the `pipeline` extra: this one line on stderr, exit 1."""
 
 
 def test_only_the_backend_module_imports_tensorflow():
@@ -100,6 +105,9 @@ def test_library_on_each_backend_from_a_fresh_venv(backend, wheel, digits, tmp_p
                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
     assert check.returncode == 0, check.stderr[-3000:]
     assert f"backend check ok: {backend}" in check.stdout, check.stdout
+    script = subprocess.run([str(python.parent / "clrpipe"), "fetch"], capture_output=True,
+                            text=True, env=env, cwd=tmp_path, timeout=300)
+    assert (script.returncode, script.stdout, script.stderr) == (1, "", NO_PIPELINE), script
     if backend != "jax":
         return  # the README's example once, on the backend furthest from today's TensorFlow
     example = subprocess.run([str(python), "-c", FRESH_PREAMBLE + readme_example() + CHECK],

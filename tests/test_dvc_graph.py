@@ -54,6 +54,7 @@ def test_closure_follows_function_level_imports_but_not_other_cli_commands():
     # imported only inside `clrpipe gate`:
     assert "src/clrpipe/pipeline/comparison/gate.py" not in compare
     assert "src/clrpipe/pipeline/cli.py" in dvc_graph.code_deps("fetch")
+    assert "src/clrpipe/pipeline/entry.py" in dvc_graph.code_deps("fetch")  # the console script
 
 
 @pytest.mark.parametrize("module", dvc_graph.STAGE_MODULES)

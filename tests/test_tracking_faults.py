@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from clrpipe.errors import ClrpipeError
 from clrpipe.pipeline import config
-from clrpipe.pipeline.tracking import runs
+from clrpipe.pipeline.tracking import abandoned, runs
 from tests.conftest import REPO
 
 BIN = Path(sys.executable).parent
@@ -452,15 +452,15 @@ def test_only_runs_whose_process_is_certainly_gone_are_closed(tiny):
     client = first.client
     ended = subprocess.Popen(["true"])
     ended.wait()
-    me = runs._process_tags()
+    me = abandoned.process_tags()
     cases = {
         "alive": (me, "RUNNING"),
         "pid reused": ({**me, runs.PROCESS_START_TAG: "1"}, "FAILED"),
-        "ended": (runs._process_tags(ended.pid), "FAILED"),
+        "ended": (abandoned.process_tags(ended.pid), "FAILED"),
         "other host": ({**me, runs.HOST_TAG: "elsewhere", runs.PID_TAG: str(ended.pid)},
                        "RUNNING"),
         "other pid namespace": (
-            {**runs._process_tags(ended.pid),
+            {**abandoned.process_tags(ended.pid),
              runs.PID_NAMESPACE_TAG: me[runs.PID_NAMESPACE_TAG].split("/")[0] + "/pid:[1]"},
             "RUNNING",
         ),

@@ -5,8 +5,11 @@ from __future__ import annotations
 __all__ = ["ClrpipeError", "first_line"]
 
 
-class ClrpipeError(Exception):
-    """Bad input or configuration; the CLI prints the message on one line and exits non-zero."""
+class ClrpipeError(ValueError):
+    """Bad input or configuration; the CLI prints the message on one line and exits non-zero.
+
+    A `ValueError`: misuse is a bad value, and a caller's `except ValueError` catches it. No
+    `except ValueError` in clrpipe guards code that raises it (`tests/test_errors.py`)."""
 
 
 def first_line(err: BaseException) -> str:

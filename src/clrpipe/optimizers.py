@@ -221,15 +221,17 @@ class ScheduleFreeAdamW(keras.optimizers.Optimizer):
     def _back_to_y(self, variables):
         """If x is in the model (after `finalize_variable_values`), restore y = lerp(x, z,
         1 - beta_1). `apply` does it too, for loops that do not call `restore_iterate`: then
-        only that step's gradient was taken at x."""
+        only that step's gradient was taken at x.
 
-        def restore():
-            for variable in variables:
-                z = keras_private.slot(self, self.z, variable)
-                self.assign(variable, _lerp(variable, z, 1.0 - self.beta_1))
-            self.evaluating.assign(0)
-
-        ops.cond(ops.equal(self.evaluating, 1), restore, lambda: None)
+        A per-variable `where`, not `ops.cond`: assignments inside a branch of JAX's
+        `lax.cond` leak tracers out of Keras's compiled train step. When not evaluating, each
+        variable is assigned its own value, bit for bit."""
+        evaluating = ops.equal(self.evaluating, 1)
+        for variable in variables:
+            z = keras_private.slot(self, self.z, variable)
+            y = _lerp(variable, z, 1.0 - self.beta_1)
+            self.assign(variable, ops.where(evaluating, y, ops.convert_to_tensor(variable)))
+        self.evaluating.assign(0)
 
     def get_config(self):
         config = super().get_config()

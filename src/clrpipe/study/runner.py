@@ -48,7 +48,7 @@ def train_job_task(model_params: ModelParams, job: Job, momentum: float,
                    steps_per_execution: int, order_seed: int,
                    split: SplitArrays) -> dict[str, Any]:
     """One packed training of `job`: per seed its outcome, history and times, as
-    `tracking.TrialRuns.finished` takes them (or the reason it diverged)."""
+    `tracking.trials.TrialRuns.finished` takes them (or the reason it diverged)."""
     import keras
 
     loop.limit_threads(1)

@@ -33,6 +33,7 @@ from clrpipe.pipeline.params import (
     StudyParams,
 )
 from clrpipe.pipeline.tracking import runs
+from clrpipe.pipeline.tracking.trials import TrialRuns
 from clrpipe.study import core, datasets, regret, runner
 
 __all__ = ["STAGES", "StudyReads", "run"]
@@ -67,7 +68,7 @@ def run(cfg: DictConfig) -> dict:
     ray = parallel.start_ray(s.ray)
     try:
         with runs.stage_run(cfg, "study") as tracked, \
-                runs.TrialRuns(tracked).revoked_on_failure() as trials:
+                TrialRuns(tracked).revoked_on_failure() as trials:
             def finished(job, out):
                 for trial in out["trials"]:
                     trials.finished(f"{job.dataset}/{job.method}", trial["outcome"].seed,

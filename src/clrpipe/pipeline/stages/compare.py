@@ -3,7 +3,7 @@
 A method trains with SGD or another optimizer (Adam, schedule-free AdamW, Prodigy, Muon); a null
 rate comes from `metrics/range_test.json` (SGD) or the optimizer's own range test, run first.
 Trials run as Ray tasks (`comparison.parallel`); the driver logs each as a child run of this
-stage's MLflow run as its task returns (`runs.TrialRuns`). A failed trial gets a FAILED
+stage's MLflow run as its task returns (`tracking.trials.TrialRuns`). A failed trial gets a FAILED
 child run, the rest are cancelled, the stage run ends FAILED, trials that had finished are
 marked FAILED too, and no output file is written. Outputs, all or none: `metrics/compare.json`
 (per-method summary), `reports/compare.md`, `plots/compare/trials.csv` (one row per trial) and
@@ -35,7 +35,7 @@ from clrpipe.pipeline.params import (
     SplitDir,
     TrainCommon,
 )
-from clrpipe.pipeline.tracking import runs, serving
+from clrpipe.pipeline.tracking import runs, serving, trials
 from clrpipe.pipeline.training.model import build_model
 from clrpipe.pipeline.training.trial import load_split, range_test_bounds, split_arrays
 
@@ -81,7 +81,7 @@ def run(cfg: DictConfig) -> dict:
         methods = compare.plan(p.compare, bounds, {
             name: (s["base_lr"], s["max_lr"]) for name, s in sweeps.items()})
         with runs.stage_run(cfg, "compare") as tracked, \
-                runs.TrialRuns(tracked).revoked_on_failure() as trials:
+                trials.TrialRuns(tracked).revoked_on_failure() as trial_runs:
             lr_curves: dict[str, tuple] = {}
             weights: dict[tuple[str, int], list] = {}
 
@@ -90,17 +90,17 @@ def run(cfg: DictConfig) -> dict:
                     weights[(name, seed)] = out.pop("weights")
                     lr_curves.setdefault(name, (out["history"].lr_steps,
                                                 out["history"].lr_values))
-                trials.finished(name, seed, compare.trial_params(name, seed, methods, hgb), out)
+                trial_runs.finished(name, seed, compare.trial_params(name, seed, methods, hgb), out)
 
             try:
                 outcomes = parallel.run_trials(ray, methods, hgb, seeds, p.model, p.train,
                                                split, on_result)
             except parallel.TrialFailed as err:
                 failed = compare.trial_params(err.name, err.seed, methods, hgb)
-                trials.failed(err.name, err.seed, failed, err.reason)
+                trial_runs.failed(err.name, err.seed, failed, err.reason)
                 raise
             target = compare.target_score(p.data.target_score, outcomes, p.compare.target_margin)
-            trials.log_targets(target)
+            trial_runs.log_targets(target)
             summaries = compare.summarize(outcomes, target, p.compare.confidence)
             report = compare.report(p.compare, methods, summaries, seeds,
                                     time.perf_counter() - started, target, sweeps)
@@ -125,7 +125,7 @@ def _write_outputs(tracked, report: dict, outcomes, figures, model, serve) -> No
     """Every output or none; the candidate network saved and, in a tracked run, logged as a
     serving model and registered (`serve`: the params and the dataset's name)."""
     pngs = [Path("plots/compare") / f"{name}.png" for name in FIGURES]
-    trials = pd.DataFrame(compare.trial_row(o) for o in outcomes)
+    trial_table = pd.DataFrame(compare.trial_row(o) for o in outcomes)
     metrics = {k: v for k, v in report.items() if k != "table"}
     tracked.log_metrics({
         key: value for key, value in config.flatten(metrics["methods"]).items()
@@ -143,7 +143,7 @@ def _write_outputs(tracked, report: dict, outcomes, figures, model, serve) -> No
                     p.registry.model_name(name), name, "compare"))
         metrics_tmp.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
         table_tmp.write_text(compare.report_markdown(report))
-        trials.to_csv(trials_tmp, index=False)
+        trial_table.to_csv(trials_tmp, index=False)
         for name, tmp in zip(FIGURES, png_tmps, strict=True):
             tmp.write_bytes(plots.png_bytes(figures[name]))
         tracked.log_files({final: tmp for final, tmp in zip(

@@ -39,9 +39,9 @@ whose server hangs (connections accepted, never answered) about 85 s later, with
 stays RUNNING on the server until the next stage on this host marks it abandoned (below).
 
 A stage that raises ends its run FAILED (KILLED on Ctrl-C or SIGTERM) with the error as a tag.
-A stage killed outright (SIGKILL, OOM, a lost machine) cannot: every stage run is tagged with
-the host, pid and process start time of its process, and a stage opening a run first sets FAILED
-(tag `clrpipe.error` = ABANDONED) the experiment's RUNNING stage runs whose process is gone.
+A stage killed outright (SIGKILL, OOM, a lost machine) cannot: a stage opening a run first closes
+the runs such stages left RUNNING (`tracking.abandoned`). Trial runs under a stage's run are
+`tracking.trials`; the tags all of them write are named in `tracking.tags`.
 """
 
 from __future__ import annotations
@@ -51,19 +51,16 @@ import hashlib
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
 from mlflow.entities import Metric, Param
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig, OmegaConf
@@ -73,6 +70,19 @@ from clrpipe.pipeline.config import PARAMS_FILE, flatten, project_root, real_pat
 from clrpipe.pipeline.outputs import uninterruptible
 from clrpipe.pipeline.params import TrackingParams
 from clrpipe.pipeline.tracking import store
+from clrpipe.pipeline.tracking.abandoned import close_abandoned, process_tags
+from clrpipe.pipeline.tracking.tags import (
+    ABANDONED,
+    ERROR_TAG,
+    HOST_TAG,
+    PID_NAMESPACE_TAG,
+    PID_TAG,
+    PIPELINE_TAG,
+    PROCESS_START_TAG,
+    STAGE_TAG,
+    STARTED_TAG,
+    TRIAL_TAG,
+)
 
 __all__ = [
     "ABANDONED",
@@ -89,7 +99,6 @@ __all__ = [
     "STARTED_TAG",
     "TRIAL_TAG",
     "StageRun",
-    "TrialRuns",
     "git_commit",
     "model_requirements",
     "resolve_uri",
@@ -103,16 +112,7 @@ __all__ = [
 for _chatty in ("mlflow.store.db.utils", "alembic", "mlflow.utils.uv_utils"):
     logging.getLogger(_chatty).setLevel(logging.WARNING)
 
-PIPELINE_TAG = "clrpipe.pipeline"
 BUFFER_SECONDS = 5.0  # buffered metrics reach the store at most this often (see StageRun)
-STAGE_TAG = "clrpipe.stage"
-ERROR_TAG = "clrpipe.error"
-HOST_TAG = "clrpipe.host"
-PID_TAG = "clrpipe.pid"
-PROCESS_START_TAG = "clrpipe.process_start"  # /proc/<pid>/stat start time: tells pid reuse
-PID_NAMESPACE_TAG = "clrpipe.pid_namespace"  # boot id + pid namespace the pid belongs to
-STARTED_TAG = "clrpipe.started"
-ABANDONED = "abandoned: process ended without closing the run"
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
@@ -366,14 +366,14 @@ def _open_run(
             else:
                 experiment_id = store.experiment_id(client, experiment, uri)
                 parent_id = _pipeline_parent(client, experiment_id)
-            _close_abandoned(client, experiment_id)
+            close_abandoned(client, experiment_id)
             tags = {
                 MLFLOW_PARENT_RUN_ID: parent_id,
                 MLFLOW_RUN_NAME: stage,
                 STAGE_TAG: stage,
                 "mlflow.source.git.commit": git_commit(),
                 "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
-                **_process_tags(),
+                **process_tags(),
             }
             run_id = client.create_run(experiment_id, tags=tags).info.run_id
     except ClrpipeError:
@@ -443,209 +443,3 @@ def _pipeline_parent(client: MlflowClient, experiment_id: str) -> str:
     )
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
-
-
-TRIAL_TAG = "clrpipe.trial"
-
-
-class TrialRuns:
-    """Child runs of a stage's run, one per trial (method x seed), written by one process.
-
-    A trial's run is created when its result arrives, with the per-epoch metrics at the times
-    the task recorded, the LR series and the final metrics, and ended FINISHED at the trial's
-    end time. If the stage then fails, `revoke` marks the finished ones FAILED (KILLED on an
-    interrupt) with the reason, so no trial run outlives a failed stage run FINISHED."""
-
-    def __init__(self, tracked: StageRun):
-        self.client = tracked.client
-        self.parent = tracked.run_id
-        self.experiment = (
-            self.client.get_run(self.parent).info.experiment_id if tracked.active else None
-        )
-        self.finished_ids: list[str] = []
-        self._outcomes: dict[str, tuple] = {}
-
-    def _create(self, name: str, seed: int, start_ms: int | None = None) -> str:
-        tags = {
-            MLFLOW_PARENT_RUN_ID: self.parent,
-            MLFLOW_RUN_NAME: f"{name} seed {seed}",
-            TRIAL_TAG: f"{name}/{seed}",
-            "clrpipe.method": name,
-            "clrpipe.seed": str(seed),
-        }
-        return self.client.create_run(self.experiment, start_time=start_ms, tags=tags).info.run_id
-
-    def failed(self, name: str, seed: int, params: Mapping, message: str) -> None:
-        """A FAILED run for a trial that raised, with its parameters and the error."""
-        if self.client is None:
-            return
-        run_id = self._create(name, seed)
-        self.client.log_batch(run_id, params=_params(params))
-        self.client.set_tag(run_id, ERROR_TAG, message[:5000])
-        self.client.set_terminated(run_id, "FAILED")
-
-    def finished(self, name: str, seed: int, params: Mapping, out: Mapping) -> None:
-        """A complete FINISHED run for a trial that returned `out` (`comparison.parallel`'s task
-        result)."""
-        if self.client is None:
-            return
-        run_id = self._create(name, seed, out["start_ms"])
-        self.client.log_batch(run_id, metrics=_trial_metrics(out), params=_params(params))
-        self.client.set_terminated(run_id, "FINISHED", end_time=out["end_ms"])
-        self.finished_ids.append(run_id)
-        self._outcomes[run_id] = (out["outcome"], out["end_ms"])
-
-    def log_targets(self, target: float) -> None:
-        """Add to every finished trial's run when its validation score reached `target`
-        (known only once every trial, the reference included, has ended)."""
-        for run_id, (outcome, end_ms) in self._outcomes.items():
-            metrics = [Metric(k, float(v), end_ms, 0)
-                       for k, v in _target_metrics(outcome, target).items()]
-            self.client.log_batch(run_id, metrics=metrics)
-
-    def revoke(self, status: str, message: str) -> None:
-        """The stage run did not finish: neither do the trials that had. The first write that
-        fails stops it (a lost server would otherwise cost its retries per trial); the next
-        stage's abandoned-run sweep does not reach trial runs, so the error says so."""
-        for run_id in self.finished_ids:
-            try:
-                self.client.set_tag(run_id, ERROR_TAG, message[:5000])
-                self.client.set_terminated(run_id, status)
-            except Exception:  # the stage's own failure is what the user must see
-                return
-
-    @contextlib.contextmanager
-    def revoked_on_failure(self) -> Iterator[TrialRuns]:
-        """Revoke the finished trials if the block raises (KILLED on an interrupt)."""
-        try:
-            yield self
-        except KeyboardInterrupt:
-            self.revoke("KILLED", "interrupted")
-            raise
-        except BaseException as err:
-            self.revoke("FAILED", f"the stage failed: {first_line(err)}")
-            raise
-
-
-def _params(values: Mapping) -> list[Param]:
-    return [Param(k, str(v)) for k, v in flatten(values).items()]
-
-
-def _trial_metrics(out: Mapping) -> list[Metric]:
-    """Final metrics and, for networks, every epoch and LR step."""
-    outcome, end_ms = out["outcome"], out["end_ms"]
-    final = {
-        f"test_{outcome.metric}": outcome.test_score,
-        "test_loss": outcome.test_loss,
-        "final_loss": outcome.final_loss,
-        "train_seconds": sum(outcome.epoch_seconds),  # as in trials.csv and the summary
-    }
-    if "history" not in out:  # gradient boosting
-        final |= {f"val_{outcome.metric}": out["val_score"], "iterations": out["iterations"]}
-    metrics = [Metric(k, float(v), end_ms, 0) for k, v in final.items()]
-    history = out.get("history")
-    if history is not None:
-        for step, stamp in enumerate(out["epoch_end_ms"]):
-            metrics += [Metric(key, float(values[step]), stamp, step)
-                        for key, values in history.epochs.items()]
-            metrics.append(Metric("epoch_seconds", history.epoch_seconds[step], stamp, step))
-        metrics += [Metric("learning_rate", float(v), end_ms, int(s))
-                    for s, v in zip(history.lr_steps, history.lr_values, strict=True)]
-    return metrics
-
-
-def _target_metrics(outcome, target: float) -> dict[str, float]:
-    """Whether and when a trial's validation score first reached `target`."""
-    from clrpipe.pipeline.comparison.compare import first_reach
-
-    epoch, seconds = first_reach(outcome.val_score, outcome.epoch_seconds, target)
-    found = {"target": target, "reached_target": float(epoch is not None)}
-    if epoch is not None:
-        found["seconds_to_target"] = seconds
-        if outcome.epochs:
-            found["epochs_to_target"] = epoch
-    return found
-# --- who runs a stage, and runs whose process is gone ---------------------------------------
-
-
-def _process_tags(pid: int | None = None) -> dict[str, str]:
-    pid = os.getpid() if pid is None else pid
-    return {
-        HOST_TAG: socket.gethostname(),
-        PID_TAG: str(pid),
-        PROCESS_START_TAG: _process_start(pid) or "",
-        PID_NAMESPACE_TAG: _pid_namespace(),
-        STARTED_TAG: datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields 3.. of /proc/<pid>/stat (after the command name), or None."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rfind(")") + 2:].split()
-
-
-def _process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks after boot (field 22), or None."""
-    fields = _proc_stat(pid)
-    return fields[19] if fields and len(fields) > 19 else None
-
-
-def _pid_namespace() -> str:
-    """`<boot id>/<pid namespace>`: pids compare only within one boot and one namespace."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
-    except OSError:
-        return ""
-
-
-def _process_gone(tags: Mapping[str, str]) -> bool:
-    """Whether the process recorded in a run's tags has certainly ended."""
-    if tags.get(HOST_TAG) != socket.gethostname():
-        return False
-    try:
-        pid = int(tags.get(PID_TAG, ""))
-    except ValueError:
-        return False
-    then, here = tags.get(PID_NAMESPACE_TAG, ""), _pid_namespace()
-    if then and here and then != here:
-        return then.split("/")[0] != here.split("/")[0]  # rebooted since; else can't tell
-    if Path("/proc/self/stat").is_file():
-        fields = _proc_stat(pid)
-        if fields is None or fields[0] in ("Z", "X"):  # no such process, or ended unreaped
-            return True
-        recorded = tags.get(PROCESS_START_TAG)
-        return bool(recorded) and recorded != _process_start(pid)  # the pid was reused
-    try:  # no /proc: the pid alone
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def _close_abandoned(client: MlflowClient, experiment_id: str) -> None:
-    """Set FAILED (tagged ABANDONED) this host's RUNNING stage runs whose process is gone."""
-    query = f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{socket.gethostname()}'"
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id], filter_string=query, max_results=500, page_token=token
-        )
-        for run in page:
-            if STAGE_TAG in run.data.tags and _process_gone(run.data.tags):
-                client.set_tag(run.info.run_id, ERROR_TAG, ABANDONED)
-                client.set_terminated(run.info.run_id, "FAILED")
-                parent = run.data.tags.get(MLFLOW_PARENT_RUN_ID)
-                if parent:
-                    with contextlib.suppress(MlflowException):
-                        if PIPELINE_TAG in client.get_run(parent).data.tags:
-                            client.set_terminated(parent, "FAILED")
-        token = page.token
-        if not token:
-            return
