@@ -35,6 +35,8 @@ __all__ = ["close_abandoned", "process_gone", "process_tags"]
 
 
 def process_tags(pid: int | None = None) -> dict[str, str]:
+    """The tags naming the process that runs a stage (this one, or `pid`): what
+    `process_gone` reads back."""
     pid = os.getpid() if pid is None else pid
     return {
         HOST_TAG: socket.gethostname(),
