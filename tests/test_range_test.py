@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -417,6 +418,8 @@ def test_lr_is_the_default_rule_and_every_rule_is_one_function():
     assert res.base_lr < geometric < res.max_lr
     with pytest.raises(ClrpipeError, match=r"^rule: expected one of geometric_mean, .*'mean'$"):
         res.constant_lr("mean")
+    no_valley = dataclasses.replace(res, method_medians={**res.method_medians, "valley": None})
+    assert no_valley.lr == geometric  # no seed had a valley: the pair's geometric mean
 
 
 def test_plot_without_matplotlib_names_the_extra(monkeypatch):

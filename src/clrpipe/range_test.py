@@ -399,9 +399,11 @@ class RangeTestResult:
     @property
     def lr(self) -> float:
         """The constant learning rate to train with, for the optimizer the sweep ran with
-        (`base_lr`/`max_lr` are for cycles): `clrpipe.suggestions.DEFAULT_LR_RULE`, today the
-        geometric mean of the pair. `constant_lr(rule)` gives another rule's."""
-        return self.constant_lr()
+        (`base_lr`/`max_lr` are for cycles): `clrpipe.suggestions.DEFAULT_LR_RULE`, the valley
+        rule the study chose, or the geometric mean of the pair when no seed's curve had a
+        valley. `constant_lr(rule)` gives another rule's."""
+        chosen = self.constant_lr()
+        return self.constant_lr("geometric_mean") if chosen is None else chosen
 
     def constant_lr(self, rule: str = DEFAULT_LR_RULE) -> float | None:
         """The constant LR `rule` suggests (`geometric_mean`, `arithmetic_mean`, `valley`,

@@ -4,10 +4,10 @@ Per seed, on the smoothed curve (`clrpipe.range_test.analyse_curve` applies them
 `valley`, `minimum` (fastai's minimum/10), `edge_index` (where the loss starts to rise) and
 Smith's `accuracy_bounds`. Over seeds, the constant learning rate to train with
 (`RangeTestResult.lr`): `CONSTANT_LR_RULES`, each a function of `(base_lr, max_lr,
-suggestions)`, `DEFAULT_LR_RULE` the one `.lr` uses. The default is the geometric mean of the
-pair (the middle of the bounds on the log axis the test sweeps), the rule `compare` and the
-study have always used; choosing it by evidence across the study's tables is pending
-(docs/library.md).
+suggestions)`, `DEFAULT_LR_RULE` the one `.lr` uses: `valley` (the seeds' median valley
+suggestion), chosen by the study on its development tables with SGD and Adam and confirmed on
+its test tables (docs/study.md, "The constant rate"); `compare` and the study's own range-test
+methods keep the geometric mean of the pair, so the study does not depend on its own answer.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ CONSTANT_LR_RULES: dict[str, LrRule] = {
     "base_lr": lower_bound,
     "max_lr": upper_bound,
 }
-DEFAULT_LR_RULE = "geometric_mean"
+DEFAULT_LR_RULE = "valley"  # the study's choice: metrics/study.json lr_rule.chosen
 
 
 def constant_lr(base_lr: float, max_lr: float, suggestions: Mapping[str, float | None],
