@@ -74,9 +74,10 @@ def postgres() -> Iterator[Postgres]:
         shutil.rmtree(pg.root, ignore_errors=True)
 
 
-def healthy(url: str) -> bool:
+def healthy(url: str, endpoint: str = "health") -> bool:
+    """Whether `url/endpoint` answers 200 within 2 s (`ping` for `mlflow models serve`)."""
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+        with urllib.request.urlopen(f"{url}/{endpoint}", timeout=2) as response:
             return response.status == 200
     except OSError:
         return False

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from importlib.resources import files
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from clrpipe.pipeline import cli
 from clrpipe.pipeline.data import cardio, preprocess
 from clrpipe.pipeline.params import Limits
 from clrpipe.pipeline.tracking import registry
+from tests import team_store
 from tests.conftest import REPO, stop_server
 
 NAME = "clrpipe-cardio"
@@ -71,7 +71,7 @@ def served(real_split, tmp_path_factory):
             cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 180
-        while not _pings(url):
+        while not team_store.healthy(url, "ping"):
             if server.poll() is not None or time.monotonic() > deadline:
                 stop_server(server)
                 pytest.fail(f"mlflow models serve did not start:\n"
@@ -82,14 +82,6 @@ def served(real_split, tmp_path_factory):
         finally:
             stop_server(server)
             log.close()
-
-
-def _pings(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
